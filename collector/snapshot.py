@@ -95,6 +95,14 @@ class ContextSample:
     sockets: tuple[SocketAccounting, ...] = ()
     interfaces: tuple[InterfaceSample, ...] = ()  # only when it has its own netns
 
+    @property
+    def label(self) -> str:
+        """The name sinks use: `name`, or a stand-in when the source found none
+        (a VServer xid without a config dir has an empty NAME in vserver-stat)."""
+        if self.name:
+            return self.name
+        return f"xid-{self.xid}" if self.xid is not None else f"ctx-{self.ctx_id}"
+
 
 def _frozen_mapping(d: Mapping[str, int] | None = None) -> Mapping[str, int]:
     return MappingProxyType(dict(d or {}))
@@ -116,8 +124,8 @@ class Snapshot:
     errors: Mapping[str, int] = field(default_factory=_frozen_mapping)
     vanished: int = 0
 
-    def context(self, name: str) -> ContextSample | None:
+    def context(self, label: str) -> ContextSample | None:
         for c in self.contexts:
-            if c.name == name:
+            if c.label == label:
                 return c
         return None
