@@ -1,0 +1,212 @@
+"""The `ctxmon` command: stat, run, check-config."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+
+from collector import SOURCES, build_source
+from collector.snapshot import Snapshot
+
+EXIT_USAGE = 2  # bad input or config: one line on stderr, nothing written
+
+log = logging.getLogger("ctxmon")
+
+
+class UserError(Exception):
+    """A problem the admin can fix; printed as one line, exit status 2."""
+
+
+def _check_root(proc_root: str) -> None:
+    if not os.path.isdir(proc_root):
+        raise UserError(f"proc root {proc_root}: no such directory")
+    try:
+        os.listdir(proc_root)
+    except OSError as e:
+        raise UserError(f"proc root {proc_root}: {e.strerror}") from None
+    if not os.path.exists(os.path.join(proc_root, "uptime")):
+        raise UserError(f"proc root {proc_root}: not a proc tree (no 'uptime' file)")
+
+
+def snapshot_json(snap: Snapshot) -> list[dict]:
+    """`ctxmon stat --json`: one object per context, base units."""
+    out = []
+    for c in snap.contexts:
+        out.append(
+            {
+                "context": c.label,
+                "name": c.name,
+                "id": c.xid if c.xid is not None else c.ctx_id,
+                "source": c.source,
+                "cgroup": c.cgroup,
+                "processes": c.processes,
+                "threads": c.threads,
+                "vsz_bytes": c.vsz_bytes,
+                "rss_bytes": c.rss_bytes,
+                "cpu_user_seconds": round(c.cpu_user_seconds, 6),
+                "cpu_system_seconds": round(c.cpu_system_seconds, 6),
+                "cpu_accounting": c.cpu_accounting,
+                "live_user_seconds": round(c.live_user_seconds, 6),
+                "live_system_seconds": round(c.live_system_seconds, 6),
+                "uptime_seconds": None if c.uptime_seconds is None else round(c.uptime_seconds, 2),
+                "start_time": None if c.start_time is None else round(c.start_time, 2),
+                "limits": [
+                    {
+                        "resource": l.resource,
+                        "unit": l.unit,
+                        "current": l.current,
+                        "min": l.minimum,
+                        "max": l.maximum,
+                        "soft": l.soft,
+                        "hard": l.hard,
+                        "hits": l.hits,
+                    }
+                    for l in c.limits
+                ],
+                "sockets": [
+                    {
+                        "family": s.family,
+                        "recv_bytes": s.recv_bytes,
+                        "send_bytes": s.send_bytes,
+                        "recv_calls": s.recv_calls,
+                        "send_calls": s.send_calls,
+                    }
+                    for s in c.sockets
+                ],
+                "interfaces": [dataclasses.asdict(i) for i in c.interfaces],
+            }
+        )
+    return out
+
+
+def cmd_stat(args: argparse.Namespace) -> int:
+    from collector.sampler import Sampler
+
+    proc_root = args.proc_root
+    _check_root(proc_root)
+    if args.vservers_dir and not os.path.isdir(args.vservers_dir):
+        raise UserError(f"vservers dir {args.vservers_dir}: no such directory")
+    source = build_source(
+        args.source,
+        proc_root=proc_root,
+        vservers_dir=args.vservers_dir,
+        cgroup_root=args.cgroup_root,
+    )
+    # vserver-stat lists itself in context 0 too; keep the stat files closed after
+    # this one-shot run (no point holding thousands of fds for one read).
+    from collector.procfs import ProcessScanner
+
+    sampler = Sampler(source, proc_root, scanner=ProcessScanner(proc_root, max_open=0))
+    try:
+        snap = sampler.sample()
+    finally:
+        sampler.close()
+    if args.json:
+        json.dump(snapshot_json(snap), sys.stdout, indent=1, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        from collector.vserverstat import format_table
+
+        sys.stdout.write(format_table(snap))
+    for src, n in sorted(snap.errors.items()):
+        log.warning("%d %s file(s) skipped (unreadable or malformed); -v shows which", n, src)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    cfg = load_config(args.config)
+    print(f"{args.config}: OK")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .daemon import Daemon
+
+    cfg = load_config(args.config)
+    return Daemon(cfg, config_path=args.config).run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ctxmon",
+        description="Per-context monitor for consolidated Linux hosts: Linux-VServer "
+        "guests, containers and services. Samples processes, memory, CPU and traffic "
+        "per context, stores them in RRD files and serves them to Prometheus.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    st = sub.add_parser(
+        "stat",
+        help="print util-vserver's vserver-stat table for every context, once",
+        description="Print CTX PROC VSZ RSS userTIME sysTIME UPTIME NAME for every "
+        "context, in vserver-stat's layout and formats. CPU times there are "
+        "vserver-stat's own: the sum over live processes including their reaped "
+        "children (--json adds the monotonic per-context counters).",
+    )
+    st.add_argument("--proc-root", default="/proc", metavar="DIR",
+                    help="proc tree to read (a chroot's or a recorded one; default /proc). "
+                    "Its parent is the root that absolute paths stored by "
+                    "util-vserver resolve under.")
+    st.add_argument("--vservers-dir", default=None, metavar="DIR",
+                    help="util-vserver config dir (default <root>/etc/vservers)")
+    st.add_argument("--source", choices=("auto",) + SOURCES, default="auto",
+                    help="how processes are grouped: vserver (xid), cgroup, or auto "
+                    "(vserver when <proc>/virtual exists; default)")
+    st.add_argument("--cgroup-root", default="/sys/fs/cgroup", metavar="DIR",
+                    help="cgroup mount point (default /sys/fs/cgroup)")
+    st.add_argument("--json", action="store_true", help="print a JSON array instead")
+    st.set_defaults(func=cmd_stat)
+
+    for name, func, text in (
+        ("run", cmd_run, "run the polling daemon"),
+        ("check-config", cmd_check_config, "validate a config file and exit"),
+    ):
+        sp = sub.add_parser(name, help=text, description=text)
+        sp.add_argument("-c", "--config", required=True, metavar="FILE",
+                        help="TOML config file (see conf/ctxmon.toml)")
+        sp.set_defaults(func=func)
+    return p
+
+
+def setup_logging(verbose: bool) -> None:
+    # Under systemd, journald timestamps each line itself.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM") and not os.environ.get("INVOCATION_ID"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt,
+                        stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"ctxmon: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # config errors and friends carry their own one-line text
+        if type(e).__name__ == "ConfigError":
+            print(f"ctxmon: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
