@@ -1,0 +1,222 @@
+"""`ctxmon run`: the core that only schedules.
+
+Every `[collector] interval` the poll job samples one snapshot and hands it to each
+sink in turn; a sink that fails is logged and counted, the others still get the
+snapshot. APScheduler runs the job on one worker thread (coalesced, one instance at
+a time) while the main thread waits for signals: SIGTERM/SIGINT let the poll in
+progress finish, flush rrdcached and exit 0; SIGHUP reloads the config, keeping the
+old one when the new one is bad.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from collector import build_source
+from collector.sampler import Sampler
+from collector.snapshot import Snapshot
+
+from .config import Config, ConfigError, load_config
+
+log = logging.getLogger("ctxmon.daemon")
+
+
+@dataclass
+class DaemonStats:
+    """Self-metrics the exporter serves."""
+
+    polls: int = 0
+    poll_failures: int = 0
+    missed_polls: int = 0
+    sink_errors: dict[str, int] = field(default_factory=dict)
+    last_poll_duration: float = 0.0
+
+
+def build_sampler(cfg: Config) -> Sampler:
+    c = cfg.collector
+    source = build_source(
+        c.source,
+        proc_root=c.proc_root,
+        vservers_dir=c.vservers_dir or None,
+        cgroup_root=c.cgroup_root,
+        cgroup_hierarchy=c.cgroup_hierarchy,
+        rules=[dict(r) for r in c.rules],
+        kernel_hz=None if c.kernel_hz == "auto" else c.kernel_hz,
+    )
+    return Sampler(source, c.proc_root)
+
+
+def build_rrd_sink(cfg: Config):
+    from exporters.rrd import RrdSink
+
+    r = cfg.rrd
+    return RrdSink(r.dir, step=int(r.step), daemon=r.daemon or None,
+                   retention_seconds=r.retention)
+
+
+class Daemon:
+    def __init__(self, cfg: Config, config_path: str | None = None):
+        self.cfg = cfg
+        self.config_path = config_path
+        self.stats = DaemonStats()
+        self.latest: Snapshot | None = None  # what the exporter serves
+        self._lock = threading.Lock()  # a poll and a reload never interleave
+        self._wake = threading.Event()
+        self._stop = False
+        self._reload = False
+        self._known: set[str] = set()
+        self.sampler = build_sampler(cfg)
+        self.rrd = build_rrd_sink(cfg)
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(1)},
+            job_defaults={"coalesce": True, "max_instances": 1},
+        )
+        self.scheduler.add_listener(
+            self._job_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR
+        )
+
+    # -- jobs -------------------------------------------------------------------
+
+    def poll(self) -> Snapshot | None:
+        with self._lock:
+            t0 = time.monotonic()
+            try:
+                snap = self.sampler.sample()
+            except Exception:
+                self.stats.poll_failures += 1
+                log.exception("poll failed")
+                return None
+            self.latest = snap
+            self._log_changes(snap)
+            self._write(snap)
+            self.stats.polls += 1
+            self.stats.last_poll_duration = time.monotonic() - t0
+            log.debug(
+                "poll %d: %d contexts, %d processes, %.0f ms (sample %.0f ms)",
+                self.stats.polls, len(snap.contexts),
+                sum(c.processes for c in snap.contexts),
+                self.stats.last_poll_duration * 1e3, snap.duration_seconds * 1e3,
+            )
+            return snap
+
+    def _write(self, snap: Snapshot) -> None:
+        for name, sink in (("rrd", self.rrd),):
+            try:
+                sink.write(snap)
+            except Exception:
+                self.stats.sink_errors[name] = self.stats.sink_errors.get(name, 0) + 1
+                log.exception("%s sink failed; the other sinks go on", name)
+
+    def _log_changes(self, snap: Snapshot) -> None:
+        now = {c.label for c in snap.contexts}
+        for name in sorted(now - self._known):
+            log.info("context appeared: %s", name)
+        for name in sorted(self._known - now):
+            log.info("context departed: %s", name)
+        self._known = now
+        for src, n in sorted(snap.errors.items()):
+            log.debug("%s: %d file(s) skipped this poll", src, n)
+
+    def _job_event(self, event) -> None:
+        if event.code == EVENT_JOB_MISSED:
+            self.stats.missed_polls += 1
+            log.warning("poll at %s was missed (the previous one or the host was too slow)",
+                        event.scheduled_run_time)
+        elif event.code == EVENT_JOB_MAX_INSTANCES:
+            self.stats.missed_polls += 1
+            log.warning("poll skipped: the previous poll is still running")
+        elif event.code == EVENT_JOB_ERROR:
+            log.error("job %s failed: %s", event.job_id, event.exception)
+
+    def _schedule(self) -> None:
+        interval = self.cfg.collector.interval
+        self.scheduler.add_job(
+            self.poll, IntervalTrigger(seconds=interval), id="poll",
+            name="poll", replace_existing=True, next_run_time=_now_aware(),
+            misfire_grace_time=max(1, int(interval)),
+        )
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def _on_signal(self, signum, _frame) -> None:
+        if signum == signal.SIGHUP:
+            self._reload = True
+        else:
+            self._stop = True
+        self._wake.set()
+
+    def reload(self) -> bool:
+        """Load the config file again; a bad one is logged and the old stays in force."""
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as e:
+            log.error("reload refused, keeping the running config: %s", e)
+            return False
+        with self._lock:
+            old = self.cfg
+            if new.collector != old.collector:
+                self.sampler.close()
+                self.sampler = build_sampler(new)
+            if new.rrd != old.rrd:
+                self.rrd.close()
+                self.rrd = build_rrd_sink(new)
+            self.cfg = new
+        if new.collector.interval != old.collector.interval:
+            self._schedule()
+        log.info("config reloaded from %s", self.config_path)
+        return True
+
+    def run(self) -> int:
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(s, self._on_signal)
+        log.info(
+            "ctxmon %s starting: source %s, interval %gs, rrd %s%s (pid %d)",
+            _version(), self.sampler.source.name, self.cfg.collector.interval,
+            self.cfg.rrd.dir,
+            f" via rrdcached {self.cfg.rrd.daemon}" if self.cfg.rrd.daemon else "",
+            os.getpid(),
+        )
+        self._schedule()
+        self.scheduler.start()
+        try:
+            while not self._stop:
+                self._wake.wait()
+                self._wake.clear()
+                if self._reload and not self._stop:
+                    self._reload = False
+                    if self.config_path:
+                        self.reload()
+        finally:
+            log.info("stopping: finishing the poll in progress")
+            self.scheduler.shutdown(wait=True)
+            with self._lock:
+                try:
+                    self.rrd.flush()
+                except Exception as e:
+                    log.error("flushing RRD updates failed: %s", e)
+                self.rrd.close()
+                self.sampler.close()
+        log.info("stopped after %d polls", self.stats.polls)
+        return 0
+
+
+def _now_aware():
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
