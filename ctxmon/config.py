@@ -1,0 +1,780 @@
+"""The TOML configuration: one file, validated into a frozen dataclass tree.
+
+Every problem is a `ConfigError` whose text is one line naming the file, the line
+and the key (`conf/ctxmon.toml:12: [collector] interval: must be at least 1s, got
+"500ms"`), so `ctxmon check-config` and the daemon can print it as is. Loading only
+reads: it creates no directory and writes no file.
+
+Relative paths in the file are resolved against the file's own directory, so a
+checkout's `conf/ctxmon.toml` can say `dir = "../var/rrd"` whatever the CWD.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import ipaddress
+import json
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from types import ModuleType
+from typing import Any, Callable
+
+__all__ = [
+    "AlertsConfig",
+    "CollectorConfig",
+    "Config",
+    "ConfigError",
+    "ExporterConfig",
+    "GraphsConfig",
+    "LogConfig",
+    "RrdConfig",
+    "Rule",
+    "default_config",
+    "load_config",
+    "parse_duration",
+    "parse_listen",
+]
+
+SOURCES = ("auto", "vserver", "cgroup")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_INTERVAL = 60.0
+DEFAULT_LISTEN = "127.0.0.1:9717"
+
+
+class ConfigError(Exception):
+    """A configuration problem; `str()` is one line: `FILE:LINE: KEY: message`."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None,
+                 key: str | None = None):
+        # One line whatever the parts contain: the CLI prints it as a log line.
+        self.message = _one_line(message)
+        self.path = path
+        self.line = line
+        self.key = key
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        where = ""
+        if self.path is not None:
+            where = _one_line(self.path) + (f":{self.line}" if self.line else "") + ": "
+        key = f"{_one_line(self.key)}: " if self.key else ""
+        return where + key + self.message
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).splitlines())
+
+
+# --------------------------------------------------------------------------- schema
+#
+# Field metadata "toml" names the key in the file when it differs from the field
+# name; None marks a field that is no key (Config.source_path).
+
+
+RULE_KEYS = ("glob", "regex", "name")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One `[[collector.rule]]`: cgroups matching `glob` or `regex` are named `name`."""
+
+    name: str
+    glob: str | None = None
+    regex: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        """The form `collector.build_source(rules=...)` takes; `dict(rule)` too."""
+        return {k: self[k] for k in self.keys()}
+
+    def keys(self) -> tuple[str, ...]:
+        return tuple(k for k in RULE_KEYS if getattr(self, k) is not None)
+
+    def __getitem__(self, key: str) -> str:
+        if key not in RULE_KEYS or getattr(self, key) is None:
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorConfig:
+    interval: float = DEFAULT_INTERVAL  # seconds between polls
+    source: str = "auto"
+    proc_root: str = "/proc"
+    vservers_dir: str = "/etc/vservers"  # derived from proc_root when not given
+    cgroup_root: str = "/sys/fs/cgroup"
+    cgroup_hierarchy: str = "auto"
+    kernel_hz: int | None = None  # None: detect ("auto")
+    rules: tuple[Rule, ...] = field(default=(), metadata={"toml": "rule"})
+
+    def rule_dicts(self) -> list[dict[str, str]]:
+        return [r.as_dict() for r in self.rules]
+
+
+@dataclass(frozen=True, slots=True)
+class RrdConfig:
+    dir: str = "var/rrd"
+    step: float = DEFAULT_INTERVAL  # seconds; defaults to the collector interval
+    daemon: str = ""  # rrdcached address, "" for direct writes
+    retention: float = 30 * 86400.0  # seconds a departed context stays before archive/
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterConfig:
+    listen: str = DEFAULT_LISTEN
+    enabled: bool = True
+
+    @property
+    def host(self) -> str:
+        return parse_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_listen(self.listen)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class GraphsConfig:
+    dir: str = "var/graphs"
+    interval: float = 300.0
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    """No keys yet; the table is accepted so files can already carry it."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    collector: CollectorConfig = field(default_factory=CollectorConfig)
+    rrd: RrdConfig = field(default_factory=RrdConfig)
+    exporter: ExporterConfig = field(default_factory=ExporterConfig)
+    graphs: GraphsConfig = field(default_factory=GraphsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source_path: str | None = field(default=None, metadata={"toml": None})
+
+
+def toml_keys(cls: type) -> dict[str, str]:
+    """{key in the file: field name} for one of the dataclasses above."""
+    out = {}
+    for f in fields(cls):
+        key = f.metadata.get("toml", f.name)
+        if key is not None:
+            out[key] = f.name
+    return out
+
+
+
+def default_config() -> Config:
+    """All defaults, for commands run without a file.
+
+    The data dirs stay relative ("var/rrd"): with no file to anchor them they are
+    relative to the current directory.
+    """
+    return Config()
+
+
+# ------------------------------------------------------------------ value parsing
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION_FULL = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+")
+
+
+def parse_duration(value: Any) -> float:
+    """"30s", "5m", "1h30m", "2d", "250ms", "90" or the integer 90 → seconds.
+
+    Raises ValueError with a message fit for a ConfigError.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(
+            f'must be a duration like "30s", "5m", "1h30m" or a whole number of '
+            f"seconds, got {_show(value)}"
+        )
+    if isinstance(value, int):
+        seconds = value
+    else:
+        text = value.strip()
+        if text.isascii() and text.isdigit():
+            seconds = int(text)
+        elif _DURATION_FULL.fullmatch(text):
+            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
+        else:
+            raise ValueError(
+                f"invalid duration {_show(value)}: use numbers with units ms, s, m, h, d, w "
+                f'(e.g. "90s", "1h30m") or a whole number of seconds'
+            )
+    if seconds < 0:
+        raise ValueError(f"must not be negative, got {_show(value)}")
+    try:
+        result = float(seconds)
+    except OverflowError:
+        result = math.inf
+    if not math.isfinite(result):
+        raise ValueError(f"duration too large: {_show(value)}")
+    return result
+
+
+_HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _valid_hostname(host: str) -> bool:
+    if not host or len(host) > 253 or not host.isascii():
+        return False
+    return all(_HOSTNAME_LABEL.fullmatch(label) for label in host.removesuffix(".").split("."))
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """"127.0.0.1:9717", "[::1]:9717", "localhost:9717" → (host, port).
+
+    Raises ValueError with a message fit for a ConfigError.
+    """
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0 or not text[close + 1:].startswith(":"):
+            raise ValueError(f'expected "[IPv6]:port", got {_show(text)}')
+        host, port_text = text[1:close], text[close + 2:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"invalid IPv6 address {_show(host)} in {_show(text)}") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f'expected "host:port", got {_show(text)}')
+        if ":" in host:
+            raise ValueError(f'put an IPv6 address in brackets ("[::1]:9717"), got {_show(text)}')
+        if not host:
+            raise ValueError(
+                f'host missing in {_show(text)} (use "0.0.0.0:PORT" or "[::]:PORT" '
+                f"for every interface)"
+            )
+        if not _valid_hostname(host):
+            raise ValueError(f"invalid host {_show(host)} in {_show(text)}")
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise ValueError(f"invalid port {_show(port_text)} in {_show(text)}")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be 1..65535, got {port} in {_show(text)}")
+    return host, port
+
+
+def _check_rrdcached_address(text: str) -> None:
+    """rrdcached's address forms: "" (none), "unix:/path", "/path", "host:port"."""
+    if text == "":
+        return
+    if text.startswith("unix:"):
+        path = text[len("unix:"):]
+        if not path.startswith("/"):
+            raise ValueError(f'"unix:" needs an absolute socket path, got {_show(text)}')
+        return
+    if text.startswith("/"):
+        return
+    try:
+        parse_listen(text)
+    except ValueError as e:
+        raise ValueError(
+            f'expected "", "unix:/path", "/path" or "host:port": {e}'
+        ) from None
+
+
+_CGROUP_V1_HIERARCHY = re.compile(r"name=[A-Za-z0-9_.-]+|[a-z][a-z0-9_]*(?:,[a-z][a-z0-9_]*)*")
+
+
+def _show(value: Any) -> str:
+    """A value as the admin wrote it, short and on one line."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, dict):
+        text = "a table"
+    elif isinstance(value, list):
+        text = "an array"
+    else:
+        text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ------------------------------------------------------------------- line finding
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_BASIC_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+# The rest of a multi-line string up to its closing quotes, if on this line.
+_BASIC_ML_END = re.compile(r'(?:[^"\\]|\\.|"(?!""))*"""')
+_LITERAL_ML_END = re.compile(r".*?'''")
+
+
+def _scan_key(line: str, pos: int) -> tuple[tuple[str, ...], int] | None:
+    """A (dotted) TOML key starting at `pos` → (parts, end), or None."""
+    parts: list[str] = []
+    n = len(line)
+    while True:
+        while pos < n and line[pos] in " \t":
+            pos += 1
+        if pos >= n:
+            return None
+        ch = line[pos]
+        if ch == '"':
+            m = _BASIC_STRING.match(line, pos)
+            if not m:
+                return None
+            try:
+                parts.append(json.loads(m.group(0)))
+            except ValueError:
+                parts.append(m.group(0)[1:-1])
+            pos = m.end()
+        elif ch == "'":
+            end = line.find("'", pos + 1)
+            if end < 0:
+                return None
+            parts.append(line[pos + 1:end])
+            pos = end + 1
+        else:
+            m = _BARE_KEY.match(line, pos)
+            if not m:
+                return None
+            parts.append(m.group(0))
+            pos = m.end()
+        while pos < n and line[pos] in " \t":
+            pos += 1
+        if pos < n and line[pos] == ".":
+            pos += 1
+            continue
+        return tuple(parts), pos
+
+
+class _LineIndex:
+    """Where keys and tables are in the file text, for error messages.
+
+    Locations are tuples of keys and array indexes: ("collector", "rule", 1, "regex")
+    is the `regex` of the second `[[collector.rule]]`. Only the file's own structure
+    is recorded: a key inside an inline table or a multi-line value falls back to the
+    nearest enclosing thing that has a line.
+    """
+
+    def __init__(self, text: str):
+        self.lines: dict[tuple, int] = {}
+        self._array_counts: dict[tuple, int] = {}
+        self._scan(text)
+
+    def _record(self, loc: tuple, lineno: int) -> None:
+        self.lines.setdefault(loc, lineno)
+
+    def _scan(self, text: str) -> None:
+        section: tuple = ()
+        depth = 0  # open [ and { of a value spanning lines
+        in_string: str | None = None  # the closing quotes of a multi-line string
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            pos = 0
+            if in_string is None and depth == 0:
+                stripped = line.lstrip()
+                if stripped.startswith("[["):
+                    parsed = _scan_key(line, line.index("[[") + 2)
+                    if parsed and line[parsed[1]:].startswith("]]"):
+                        path = parsed[0]
+                        index = self._array_counts.get(path, 0)
+                        self._array_counts[path] = index + 1
+                        section = path + (index,)
+                        self._record(path, lineno)
+                        self._record(section, lineno)
+                        continue
+                elif stripped.startswith("["):
+                    parsed = _scan_key(line, line.index("[") + 1)
+                    if parsed and line[parsed[1]:].startswith("]"):
+                        section = self._resolve(parsed[0])
+                        self._record(section, lineno)
+                        continue
+                else:
+                    parsed = _scan_key(line, 0)
+                    if parsed and line[parsed[1]:].startswith("="):
+                        keys, end = parsed
+                        for i in range(1, len(keys) + 1):
+                            self._record(section + keys[:i], lineno)
+                        pos = end + 1
+            depth, in_string = self._scan_value(line, pos, depth, in_string)
+
+    def _resolve(self, path: tuple[str, ...]) -> tuple:
+        """`[a.b]` after `[[a]]` is a table in a's latest array element."""
+        out: tuple = ()
+        for part in path:
+            out += (part,)
+            if out in self._array_counts:
+                out += (self._array_counts[out] - 1,)
+        return out
+
+    @staticmethod
+    def _scan_value(line: str, pos: int, depth: int, in_string: str | None):
+        """Carry bracket depth and multi-line string state past one line."""
+        n = len(line)
+        while pos < n:
+            if in_string is not None:
+                m = (_BASIC_ML_END if in_string == '"""' else _LITERAL_ML_END).match(line, pos)
+                if not m:
+                    return depth, in_string
+                pos = m.end()
+                in_string = None
+                continue
+            ch = line[pos]
+            if ch == "#":
+                break
+            if line.startswith('"""', pos) or line.startswith("'''", pos):
+                in_string = line[pos:pos + 3]
+                pos += 3
+                continue
+            if ch == '"':
+                m = _BASIC_STRING.match(line, pos)
+                pos = m.end() if m else n
+                continue
+            if ch == "'":
+                end = line.find("'", pos + 1)
+                pos = end + 1 if end >= 0 else n
+                continue
+            if ch in "[{":
+                depth += 1
+            elif ch in "]}":
+                depth = max(0, depth - 1)
+            pos += 1
+        return depth, in_string
+
+    def line_of(self, loc: tuple) -> int | None:
+        for n in range(len(loc), 0, -1):
+            line = self.lines.get(loc[:n])
+            if line is not None:
+                return line
+        return None
+
+
+# ------------------------------------------------------------------------ loading
+
+
+def _describe(loc: tuple) -> str:
+    """("collector", "interval") → "[collector] interval";
+    ("collector", "rule", 1, "regex") → "[[collector.rule]] #2 regex"."""
+    table: list[str] = []
+    rest = list(loc)
+    while rest and isinstance(rest[0], str) and len(rest) > 1:
+        table.append(rest.pop(0))
+        if rest and isinstance(rest[0], int):
+            index = rest.pop(0)
+            head = f"[[{'.'.join(table)}]] #{index + 1}"
+            return head + (" " + ".".join(map(str, rest)) if rest else "")
+    if not table:
+        return ".".join(map(str, rest))
+    return f"[{'.'.join(table)}]" + (" " + ".".join(map(str, rest)) if rest else "")
+
+
+class _Loader:
+    def __init__(self, path: str, text: str):
+        self.path = path
+        self.base_dir = os.path.dirname(os.path.abspath(path))
+        self.index = _LineIndex(text)
+
+    def error(self, loc: tuple, message: str, describe: str | None = None) -> ConfigError:
+        return ConfigError(message, self.path, self.index.line_of(loc),
+                           describe if describe is not None else _describe(loc))
+
+    # -- structure
+
+    def table(self, raw: Any, loc: tuple, cls: type) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise self.error(loc, f"must be a table, got {_show(raw)}", f"[{'.'.join(loc)}]")
+        known = toml_keys(cls)
+        for key in raw:
+            if key not in known:
+                raise self.error(loc + (key,), "unknown key" + _suggest(key, known, quote='"'))
+        return raw
+
+    def get(self, raw: dict, loc: tuple, key: str, convert: Callable[[Any], Any], default: Any):
+        if key not in raw:
+            return default
+        try:
+            return convert(raw[key])
+        except ValueError as e:
+            raise self.error(loc + (key,), str(e)) from None
+
+    # -- converters (raise ValueError with the message)
+
+    @staticmethod
+    def string(value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"must be a string, got {_show(value)}")
+        return value
+
+    @staticmethod
+    def boolean(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"must be true or false, got {_show(value)}")
+        return value
+
+    @staticmethod
+    def choice(*allowed: str) -> Callable[[Any], str]:
+        def convert(value: Any) -> str:
+            value = _Loader.string(value)
+            if value not in allowed:
+                raise ValueError(
+                    f"must be one of {', '.join(allowed)}, got {_show(value)}"
+                    + _suggest(value, allowed, quote='"')
+                )
+            return value
+        return convert
+
+    @staticmethod
+    def duration_at_least_1s(value: Any) -> float:
+        seconds = parse_duration(value)
+        if seconds < 1:
+            raise ValueError(f"must be at least 1s, got {_show(value)}")
+        return seconds
+
+    def path_value(self, value: Any) -> str:
+        value = self.string(value)
+        if not value:
+            raise ValueError("must not be empty")
+        if "\0" in value:
+            raise ValueError("must not contain a NUL character")
+        if os.path.isabs(value):
+            return value
+        return os.path.normpath(os.path.join(self.base_dir, value))
+
+    # -- tables
+
+    def load(self, data: dict[str, Any], check_rrd_files: bool) -> Config:
+        tables = toml_keys(Config)
+        for key, value in data.items():
+            if key not in tables:
+                if isinstance(value, dict):
+                    raise self.error((key,), "unknown table" + _suggest(key, tables, brackets=True),
+                                     f"[{key}]")
+                raise self.error((key,), "unknown key at top level (keys belong in a table "
+                                 "such as [collector])" + _suggest(key, tables, brackets=True), key)
+        collector = self.collector(data.get("collector", {}))
+        rrd = self.rrd(data.get("rrd", {}), collector, check_rrd_files)
+        exporter = self.exporter(data.get("exporter", {}))
+        graphs = self.graphs(data.get("graphs", {}))
+        self.table(data.get("alerts", {}), ("alerts",), AlertsConfig)
+        log = self.log(data.get("log", {}))
+        return Config(collector=collector, rrd=rrd, exporter=exporter, graphs=graphs,
+                      alerts=AlertsConfig(), log=log, source_path=os.path.abspath(self.path))
+
+    def collector(self, raw: Any) -> CollectorConfig:
+        loc = ("collector",)
+        raw = self.table(raw, loc, CollectorConfig)
+        d = CollectorConfig()
+        proc_root = self.get(raw, loc, "proc_root", self.path_value, d.proc_root)
+        vservers_dir = self.get(raw, loc, "vservers_dir",
+                                lambda v: self.path_value(v) if self.string(v) else "", "")
+        if not vservers_dir:
+            # util-vserver's absolute paths resolve under the root the proc tree is in.
+            root = os.path.dirname(os.path.normpath(proc_root))
+            vservers_dir = os.path.join(root, "etc", "vservers")
+        return CollectorConfig(
+            interval=self.get(raw, loc, "interval", self.duration_at_least_1s, d.interval),
+            source=self.get(raw, loc, "source", self.choice(*SOURCES), d.source),
+            proc_root=proc_root,
+            vservers_dir=vservers_dir,
+            cgroup_root=self.get(raw, loc, "cgroup_root", self.path_value, d.cgroup_root),
+            cgroup_hierarchy=self.get(raw, loc, "cgroup_hierarchy", _cgroup_hierarchy,
+                                      d.cgroup_hierarchy),
+            kernel_hz=self.get(raw, loc, "kernel_hz", _kernel_hz, d.kernel_hz),
+            rules=self.rules(raw.get("rule"), loc + ("rule",)) if "rule" in raw else (),
+        )
+
+    def rules(self, raw: Any, loc: tuple) -> tuple[Rule, ...]:
+        if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
+            raise self.error(loc, 'must be an array of tables ("[[collector.rule]]")')
+        compile_rules = _optional_function("collector.cgroup", "compile_rules")
+        out = []
+        for i, item in enumerate(raw):
+            rloc = loc + (i,)
+            for key in item:
+                if key not in RULE_KEYS:
+                    raise self.error(rloc + (key,),
+                                     "unknown key" + _suggest(key, RULE_KEYS, quote='"'))
+            matchers = [k for k in ("glob", "regex") if k in item]
+            if len(matchers) != 1:
+                raise self.error(rloc, "needs exactly one of glob or regex, got "
+                                 + (" and ".join(matchers) or "neither"))
+            if "name" not in item:
+                raise self.error(rloc, 'needs a name (a template like "{1}")')
+            matcher = matchers[0]
+            pattern = self.get(item, rloc, matcher, self.string, None)
+            name = self.get(item, rloc, "name", self.string, None)
+            rule = Rule(name=name, **{matcher: pattern})
+            try:
+                if compile_rules is not None:
+                    compile_rules([rule.as_dict()])
+                elif matcher == "regex":
+                    try:
+                        re.compile(pattern)
+                    except re.error as e:
+                        raise ValueError(f"invalid regular expression {_show(pattern)}: {e}")
+            except ValueError as e:
+                raise self.error(rloc + (matcher,), str(e) or "invalid rule") from None
+            out.append(rule)
+        return tuple(out)
+
+    def rrd(self, raw: Any, collector: CollectorConfig, check_rrd_files: bool) -> RrdConfig:
+        loc = ("rrd",)
+        raw = self.table(raw, loc, RrdConfig)
+        d = RrdConfig()
+        directory = self.get(raw, loc, "dir", self.path_value, self.path_value(d.dir))
+        if "step" in raw:
+            step = self.get(raw, loc, "step", self.duration_at_least_1s, None)
+            step_loc = loc + ("step",)
+        else:
+            step = collector.interval
+            step_loc = ("collector", "interval")
+        if step != int(step):
+            # RRD files count time in whole seconds.
+            where = "" if "step" in raw else " (the default: [collector] interval)"
+            raise self.error(step_loc, f"must be a whole number of seconds{where}, got {step:g}s",
+                             "[rrd] step")
+        step = float(step)
+        rrd = RrdConfig(
+            dir=directory,
+            step=step,
+            daemon=self.get(raw, loc, "daemon", _rrdcached_address, d.daemon),
+            retention=self.get(raw, loc, "retention", self.duration_at_least_1s, d.retention),
+        )
+        if check_rrd_files and os.path.isdir(directory):
+            check_step = _optional_function("exporters.rrd", "check_step")
+            if check_step is not None:
+                try:
+                    problem = check_step(directory, int(step))
+                except OSError:
+                    problem = None  # unreadable files: the RRD writer reports them itself
+                if problem:
+                    raise self.error(step_loc, str(problem), "[rrd] step")
+        return rrd
+
+    def exporter(self, raw: Any) -> ExporterConfig:
+        loc = ("exporter",)
+        raw = self.table(raw, loc, ExporterConfig)
+        d = ExporterConfig()
+        return ExporterConfig(
+            listen=self.get(raw, loc, "listen", _listen, d.listen),
+            enabled=self.get(raw, loc, "enabled", self.boolean, d.enabled),
+        )
+
+    def graphs(self, raw: Any) -> GraphsConfig:
+        loc = ("graphs",)
+        raw = self.table(raw, loc, GraphsConfig)
+        d = GraphsConfig()
+        return GraphsConfig(
+            dir=self.get(raw, loc, "dir", self.path_value, self.path_value(d.dir)),
+            interval=self.get(raw, loc, "interval", self.duration_at_least_1s, d.interval),
+            enabled=self.get(raw, loc, "enabled", self.boolean, d.enabled),
+        )
+
+    def log(self, raw: Any) -> LogConfig:
+        loc = ("log",)
+        raw = self.table(raw, loc, LogConfig)
+        return LogConfig(level=self.get(raw, loc, "level", self.choice(*LOG_LEVELS), "info"))
+
+
+def _cgroup_hierarchy(value: Any) -> str:
+    value = _Loader.string(value)
+    if value in ("auto", "unified") or _CGROUP_V1_HIERARCHY.fullmatch(value):
+        return value
+    raise ValueError(
+        f'must be "auto", "unified" or a v1 hierarchy like "cpuacct" or "name=systemd", '
+        f"got {_show(value)}"
+    )
+
+
+def _kernel_hz(value: Any) -> int | None:
+    if value == "auto" and isinstance(value, str):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f'must be "auto" or a positive integer (CONFIG_HZ), got {_show(value)}')
+    return value
+
+
+def _listen(value: Any) -> str:
+    value = _Loader.string(value)
+    parse_listen(value)
+    return value
+
+
+def _rrdcached_address(value: Any) -> str:
+    value = _Loader.string(value)
+    _check_rrdcached_address(value)
+    return value
+
+
+def _suggest(word: str, choices, brackets: bool = False, quote: str = "") -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    if not close:
+        return ""
+    shown = f"[{close[0]}]" if brackets else f"{quote}{close[0]}{quote}"
+    return f" (did you mean {shown}?)"
+
+
+def _optional_function(module_name: str, function: str) -> Callable | None:
+    """A function from a module another part of ctxmon may not have yet.
+
+    Only the module itself being absent counts as absent: an import error inside it
+    is a bug and propagates.
+    """
+    try:
+        module: ModuleType = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        parts = module_name.split(".")
+        prefixes = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+        if e.name in prefixes:
+            return None
+        raise
+    fn = getattr(module, function, None)
+    return fn if callable(fn) else None
+
+
+_TOML_POSITION = re.compile(r"\s*\((?:at line (\d+), column (\d+)|at end of document)\)\s*$")
+
+
+def load_config(path: str | os.PathLike[str], *, check_rrd_files: bool = True) -> Config:
+    """Read and validate the TOML file at `path`.
+
+    `check_rrd_files`: ask `exporters.rrd.check_step` (when it exists) whether RRD
+    files already in the data dir were made with another step. Reading only.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror or e}", path) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(
+            f"not valid UTF-8 (byte 0x{data[e.start]:02x} at column {column})", path, line
+        ) from None
+    try:
+        parsed = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        message = str(e)
+        m = _TOML_POSITION.search(message)
+        line = None
+        if m:
+            message = message[: m.start()]
+            if m.group(1):
+                line = int(m.group(1))
+                message += f" (column {m.group(2)})"
+            else:
+                line = max(1, len(text.splitlines()))
+                message += " (at end of file)"
+        raise ConfigError(f"syntax error: {message}", path, line) from None
+    return _Loader(path, text).load(parsed, check_rrd_files)
