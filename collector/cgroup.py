@@ -1,0 +1,694 @@
+"""The cgroup source: a context is the cgroup (container, machine, service) a rule names.
+
+Each process's cgroup path is walked from its shortest prefix to its longest; the first
+prefix that some rule fully matches is the context (so the services inside a container
+stay in the container). Unmatched processes, and those whose cgroup cannot be read,
+belong to `host`.
+
+Where the cgroup mount is the live one, every poll walks the hierarchy and reads each
+cgroup's `cgroup.procs` (right even after processes migrate, and cheap: cgroups are
+few). Otherwise (a recorded tree, or no mount) `<proc>/<pid>/cgroup` is read once per
+process, keyed by (pid, start).
+
+Pure parsers (text in, values out) come first; I/O is in `CgroupSource`.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import string
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from .procfs import CLK_TCK, ErrorCounts, ParseError, ProcStat
+from .snapshot import LimitRow
+from .source import ContextIdentity, KernelAccounting, Source
+
+log = logging.getLogger(__name__)
+
+SOURCE_NAME = "cgroup"
+HOST = ContextIdentity(key="", name="host", ctx_id="0", source=SOURCE_NAME, cgroup="")
+
+# Errors that mean "this process or cgroup is gone" (a race), not "something is wrong".
+_GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV)
+
+# v1 reports "no limit" as PAGE_COUNTER_MAX pages in bytes (about 2**63); anything this
+# large is no limit on any real machine.
+_V1_UNLIMITED = 1 << 62
+
+V1_HIERARCHIES = ("cpuacct", "memory", "name=systemd")
+
+# --------------------------------------------------------------------------- rules
+
+# Default rules, tried after the configured ones, in this order. Same form as the
+# config's rules; `lookup: docker` means capture 1 is a Docker container id whose
+# name is read from `<docker_root>/containers/<id>/config.v2.json`, the rendered
+# `name` being the fallback when it cannot be read.
+DEFAULT_RULES: tuple[dict[str, str], ...] = (
+    # Docker, systemd cgroup driver: system.slice/docker-<id>.scope
+    {"regex": r"(?:.*/)?docker-([0-9a-f]{64})\.scope", "name": "docker-{1:.12}", "lookup": "docker"},
+    # Docker, cgroupfs driver: docker/<id>
+    {"regex": r"(?:.*/)?docker/([0-9a-f]{64})", "name": "docker-{1:.12}", "lookup": "docker"},
+    # Podman: machine.slice/libpod-<id>.scope (systemd), libpod_parent/libpod-<id> (cgroupfs)
+    {"regex": r"(?:.*/)?libpod-([0-9a-f]{64})(?:\.scope)?", "name": "podman-{1:.12}"},
+    # LXC 4+: lxc.payload.<name>; older: lxc/<name>, lxc.payload/<name>
+    {"glob": "**/lxc.payload.*", "name": "{1}"},
+    {"glob": "**/lxc.payload/*", "name": "{1}"},
+    {"glob": "**/lxc/*", "name": "{1}"},
+    # systemd-machined (nspawn, libvirt) and nspawn run as a template service
+    {"glob": "**/machine.slice/machine-*.scope", "name": "{1}"},
+    {"glob": "**/machine.slice/systemd-nspawn@*.service", "name": "{1}"},
+    # Any systemd service, by its unit name as systemctl spells it (escapes kept)
+    {"glob": "**/*.service", "name": "{basename}"},
+)
+
+_LOOKUPS = ("docker",)
+_RULE_KEYS = {"glob", "regex", "name", "lookup"}
+_NAMED_FIELDS = ("path", "basename")
+_SYSTEMD_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
+
+
+def unescape_systemd(s: str) -> str:
+    r"""Undo systemd's `\xNN` escapes (`my\x2dbox` -> `my-box`); other text unchanged.
+
+    Escaped bytes may form UTF-8 sequences; bytes that do not decode are kept as
+    surrogates (like file names from the OS), never raising.
+    """
+    if "\\x" not in s:
+        return s
+    raw = s.encode("utf-8", "surrogateescape")
+    raw = re.sub(rb"\\x([0-9a-fA-F]{2})", lambda m: bytes([int(m.group(1), 16)]), raw)
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def glob_to_regex(glob: str) -> str:
+    """A cgroup path glob as a regex for `fullmatch`.
+
+    `*` matches within one path segment and is a capture ({1}, {2} ... in order);
+    `**` matches across segments and does not capture (`**/` also matches no segment);
+    `?` is one character within a segment. Everything else is literal.
+    """
+    out: list[str] = []
+    i, n = 0, len(glob)
+    while i < n:
+        if glob.startswith("**", i):
+            i += 2
+            if glob.startswith("/", i):
+                out.append("(?:.*/)?")
+                i += 1
+            elif out and out[-1] == "/" and i == n:
+                out[-1] = "(?:/.*)?"
+            else:
+                out.append(".*")
+        elif glob[i] == "*":
+            out.append("([^/]*)")
+            i += 1
+        elif glob[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(glob[i]))
+            i += 1
+    return "".join(out)
+
+
+def _check_template(template: str, groups: int) -> None:
+    """Raise ValueError unless `template` formats with `groups` captures."""
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ValueError(f"bad name template {template!r}: {e}") from None
+    for _, field, spec, _ in fields:
+        if field is None:
+            continue
+        if field == "":
+            raise ValueError(
+                f"bad name template {template!r}: use numbered captures {{1}}, {{2}} ..."
+            )
+        if field.isdigit():
+            if int(field) == 0:
+                raise ValueError(
+                    f"bad name template {template!r}: captures are numbered from {{1}}"
+                )
+            if int(field) > groups:
+                raise ValueError(
+                    f"bad name template {template!r}: {{{field}}} but the pattern has "
+                    f"{groups} capture(s)"
+                )
+        elif field not in _NAMED_FIELDS:
+            raise ValueError(
+                f"bad name template {template!r}: unknown field {{{field}}} "
+                f"(captures {{1}}..., {{path}}, {{basename}})"
+            )
+        if spec and "{" in spec:
+            raise ValueError(f"bad name template {template!r}: nested fields")
+    try:
+        template.format("x", *["x"] * groups, path="x", basename="x")
+    except (ValueError, IndexError, KeyError) as e:
+        raise ValueError(f"bad name template {template!r}: {e}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One mapping rule: a pattern fully matching a cgroup path, and a name template."""
+
+    pattern: re.Pattern[str]
+    template: str
+    lookup: str | None = None  # "docker": capture 1 is a container id to look up
+    text: str = ""  # the rule as written, for messages
+
+    def match(self, path: str) -> tuple[str, ...] | None:
+        """The captures (unescaped) if the rule fully matches `path`, else None."""
+        m = self.pattern.fullmatch(path)
+        if m is None:
+            return None
+        return tuple(unescape_systemd(g or "") for g in m.groups())
+
+    def render(self, path: str, captures: Sequence[str]) -> str:
+        return self.template.format(
+            path, *captures, path=path, basename=path.rpartition("/")[2]
+        )
+
+
+def compile_rules(specs: Iterable[Mapping[str, Any]] | None) -> list[Rule]:
+    """Compile config rules (`{"glob"|"regex": ..., "name": ..., ["lookup": "docker"]}`).
+
+    Raises ValueError with a one-line message naming the bad rule.
+    """
+    rules: list[Rule] = []
+    for i, spec in enumerate(specs or (), 1):
+        where = f"cgroup rule {i}"
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"{where}: expected a table with glob or regex and name")
+        unknown = set(spec) - _RULE_KEYS
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+        if ("glob" in spec) == ("regex" in spec):
+            raise ValueError(f"{where}: needs exactly one of glob or regex")
+        kind = "glob" if "glob" in spec else "regex"
+        text = spec[kind]
+        template = spec.get("name")
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"{where}: {kind} must be a non-empty string")
+        if not isinstance(template, str) or not template:
+            raise ValueError(f"{where}: name must be a non-empty string")
+        lookup = spec.get("lookup")
+        if lookup is not None and lookup not in _LOOKUPS:
+            raise ValueError(f"{where}: lookup must be one of {', '.join(_LOOKUPS)}")
+        regex = glob_to_regex(text) if kind == "glob" else text
+        try:
+            pattern = re.compile(regex)
+        except re.error as e:
+            raise ValueError(f"{where}: bad {kind} {text!r}: {e}") from None
+        try:
+            _check_template(template, pattern.groups)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        if lookup and pattern.groups < 1:
+            raise ValueError(f"{where}: lookup needs the container id as capture 1")
+        rules.append(Rule(pattern, template, lookup, f"{kind} {text!r}"))
+    return rules
+
+
+DEFAULT_COMPILED = tuple(compile_rules(DEFAULT_RULES))
+
+
+def path_prefixes(path: str) -> Iterable[str]:
+    """`a/b/c` -> `a`, `a/b`, `a/b/c` (the root "" is not a candidate)."""
+    i = path.find("/")
+    while i >= 0:
+        if i:
+            yield path[:i]
+        i = path.find("/", i + 1)
+    if path:
+        yield path
+
+
+def match_path(path: str, rules: Sequence[Rule]) -> tuple[str, Rule, tuple[str, ...]] | None:
+    """The shortest prefix of `path` some rule matches: (prefix, rule, captures)."""
+    for prefix in path_prefixes(path):
+        for rule in rules:
+            caps = rule.match(prefix)
+            if caps is not None:
+                return prefix, rule, caps
+    return None
+
+
+def context_id(path: str) -> str:
+    """The CTX column for a cgroup context: 6 hex digits of a stable hash of its path."""
+    return hashlib.blake2s(path.encode("utf-8", "surrogateescape"), digest_size=3).hexdigest()
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+def parse_pid_cgroup(text: str) -> tuple[dict[str, str], int]:
+    """`<proc>/<pid>/cgroup` -> ({hierarchy: path}, malformed lines).
+
+    Hierarchy keys: "" for cgroup v2 (`0::/path`), else each controller of a v1 line
+    (`2:cpu,cpuacct:/x` gives `cpu` and `cpuacct`) or `name=systemd`. Paths are
+    relative to the hierarchy root, without the leading slash; v2's " (deleted)"
+    suffix for a removed cgroup is dropped.
+    """
+    out: dict[str, str] = {}
+    bad = 0
+    for line in text.splitlines():
+        if not line:
+            continue
+        parts = line.split(":", 2)
+        if len(parts) != 3 or not parts[0].isdigit() or not parts[2].startswith("/"):
+            bad += 1
+            continue
+        _, controllers, path = parts
+        if path.endswith(" (deleted)"):
+            path = path[: -len(" (deleted)")]
+        path = path.strip("/")
+        if controllers == "":
+            out[""] = path
+        else:
+            for c in controllers.split(","):
+                out.setdefault(c, path)
+    return out, bad
+
+
+def pick_cgroup_path(paths: Mapping[str, str], hierarchy: str | None) -> str | None:
+    """The path in `hierarchy` ("" = v2); None = auto: v2, else cpuacct, else name=systemd."""
+    if hierarchy is not None:
+        return paths.get(hierarchy)
+    for h in ("", "cpuacct", "name=systemd"):
+        if h in paths:
+            return paths[h]
+    return None
+
+
+def parse_cgroup_procs(text: str) -> list[int]:
+    """`cgroup.procs`: one pid a line (0 = a process outside our pid namespace: dropped)."""
+    try:
+        pids = [int(x) for x in text.split()]
+    except ValueError:
+        raise ParseError("cgroup.procs: non-numeric pid") from None
+    return [p for p in pids if p > 0]
+
+
+def parse_flat_keyed(text: str) -> dict[str, int]:
+    """`key value` lines (cpu.stat, memory.events, pids.events, cpuacct.stat)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        f = line.split()
+        if not f:
+            continue
+        if len(f) != 2:
+            raise ParseError(f"expected 'key value', got {line!r}")
+        try:
+            out[f[0]] = int(f[1])
+        except ValueError:
+            raise ParseError(f"non-numeric value in {line!r}") from None
+    return out
+
+
+def parse_cpu_stat(text: str) -> tuple[float, float]:
+    """v2 `cpu.stat` -> (user, system) seconds."""
+    kv = parse_flat_keyed(text)
+    try:
+        return kv["user_usec"] / 1e6, kv["system_usec"] / 1e6
+    except KeyError as e:
+        raise ParseError(f"cpu.stat: no {e.args[0]}") from None
+
+
+def parse_cpuacct_stat(text: str, hz: int = CLK_TCK) -> tuple[float, float]:
+    """v1 `cpuacct.stat` (USER_HZ ticks) -> (user, system) seconds."""
+    kv = parse_flat_keyed(text)
+    try:
+        return kv["user"] / hz, kv["system"] / hz
+    except KeyError as e:
+        raise ParseError(f"cpuacct.stat: no {e.args[0]}") from None
+
+
+def parse_int(text: str) -> int:
+    """A file holding one integer (memory.current, cpuacct.usage_user ...)."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ParseError(f"expected an integer, got {text.strip()[:40]!r}") from None
+
+
+def parse_limit(text: str) -> int | None:
+    """A v2 limit (`memory.max`, `pids.max`): "max" -> None (unlimited), else the value."""
+    if text.strip() == "max":
+        return None
+    return parse_int(text)
+
+
+def parse_v1_limit(text: str) -> int | None:
+    """A v1 byte limit: the kernel's "no limit" (about 2**63) -> None."""
+    v = parse_int(text)
+    return None if v >= _V1_UNLIMITED else v
+
+
+def parse_docker_name(text: str) -> str | None:
+    """`config.v2.json` -> the container name without its leading "/", or None."""
+    try:
+        cfg = json.loads(text)
+    except ValueError:
+        raise ParseError("config.v2.json: not JSON") from None
+    name = cfg.get("Name") if isinstance(cfg, dict) else None
+    if not isinstance(name, str):
+        return None
+    return name.lstrip("/") or None
+
+
+# --------------------------------------------------------------------------- I/O
+
+
+class _Gone(Exception):
+    """The file's process or cgroup went away: a race, not an error."""
+
+
+def _read(path: str) -> str:
+    """Read a small kernel file; raise _Gone when it vanished, OSError otherwise."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "surrogateescape")
+    except OSError as e:
+        if e.errno in _GONE:
+            raise _Gone(path) from None
+        raise
+
+
+def walk_hierarchy(root: str, errors: ErrorCounts | None = None) -> dict[int, str]:
+    """pid -> cgroup path (relative, "" = root), from every `cgroup.procs` under `root`."""
+    out: dict[int, str] = {}
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        d = os.path.join(root, rel) if rel else root
+        try:
+            text = _read(os.path.join(d, "cgroup.procs"))
+            for pid in parse_cgroup_procs(text):
+                out.setdefault(pid, rel)
+        except _Gone:
+            continue  # removed while we walked
+        except OSError as e:
+            # A threaded cgroup refuses cgroup.procs: its processes are listed at the
+            # thread root, so this is no error.
+            if e.errno != errno.EOPNOTSUPP and errors is not None:
+                errors[SOURCE_NAME] += 1
+                log.debug("%s/cgroup.procs: %s", d, e.strerror)
+        except ParseError as e:
+            if errors is not None:
+                errors[SOURCE_NAME] += 1
+            log.debug("%s: %s", d, e)
+        try:
+            with os.scandir(d) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(f"{rel}/{entry.name}" if rel else entry.name)
+        except OSError:
+            continue  # removed while we walked
+    return out
+
+
+def _v1_dir(cgroup_root: str, hierarchy: str) -> str | None:
+    """Where a v1 hierarchy is mounted under `cgroup_root` (co-mounts like cpu,cpuacct too)."""
+    want = hierarchy[5:] if hierarchy.startswith("name=") else hierarchy
+    d = os.path.join(cgroup_root, want)
+    if os.path.isfile(os.path.join(d, "cgroup.procs")):
+        return d
+    try:
+        names = sorted(os.listdir(cgroup_root))
+    except OSError:
+        return None
+    for name in names:
+        d = os.path.join(cgroup_root, name)
+        if want in name.split(",") and os.path.isfile(os.path.join(d, "cgroup.procs")):
+            return d
+    return None
+
+
+def _is_live_proc(proc_root: str) -> bool:
+    """Whether `proc_root` is this process's own /proc (cgroup.procs pids are ours)."""
+    try:
+        return os.path.samefile(proc_root, "/proc")
+    except OSError:
+        return False
+
+
+class CgroupSource(Source):
+    """Contexts from cgroups. See the module docstring.
+
+    `hierarchy`: "auto" (v2 at `cgroup_root`, else the hybrid `unified`, else v1
+    cpuacct or name=systemd), "unified", or a v1 hierarchy ("cpuacct", "memory",
+    "name=systemd"). `cgroup_root` and `docker_root` default to `sys/fs/cgroup` and
+    `var/lib/docker` under the parent of `proc_root`, so a recorded tree reads its own.
+    """
+
+    name = SOURCE_NAME
+
+    def __init__(
+        self,
+        proc_root: str = "/proc",
+        cgroup_root: str | None = None,
+        hierarchy: str = "auto",
+        rules: Iterable[Mapping[str, Any]] | Sequence[Rule] | None = None,
+        docker_root: str | None = None,
+    ):
+        self.proc_root = proc_root
+        root = os.path.dirname(os.path.abspath(proc_root))
+        self.cgroup_root = cgroup_root or os.path.join(root, "sys/fs/cgroup")
+        self.docker_root = docker_root or os.path.join(root, "var/lib/docker")
+        rules = list(rules or ())
+        compiled = rules if all(isinstance(r, Rule) for r in rules) else compile_rules(rules)
+        self.rules: tuple[Rule, ...] = tuple(compiled) + DEFAULT_COMPILED
+
+        self.version, self.hierarchy_dir, self.proc_key = self._select(hierarchy)
+        self.v2_dir = self.hierarchy_dir if self.version == 2 else None
+        self.v1_dirs = {
+            h: d for h in ("cpuacct", "memory", "pids") if (d := _v1_dir(self.cgroup_root, h))
+        }
+        # Walk cgroup.procs only where its pids are the ones in proc_root.
+        self.walk = (
+            self.hierarchy_dir is not None
+            and os.path.isfile(os.path.join(self.hierarchy_dir, "cgroup.procs"))
+            and _is_live_proc(proc_root)
+        )
+        self._proc_paths: dict[tuple[int, int], str | None] = {}
+        self._matches: dict[str, tuple[str, Rule, tuple[str, ...]] | None] = {}
+        self._docker_names: dict[str, tuple[tuple[int, int], str | None]] = {}
+
+    def _select(self, hierarchy: str) -> tuple[int | None, str | None, str | None]:
+        """(cgroup version, mounted hierarchy dir or None, key in <pid>/cgroup or None=auto)."""
+        root = self.cgroup_root
+        unified = os.path.join(root, "unified")
+        if hierarchy in ("auto", "unified"):
+            for d in (root, unified):
+                if os.path.isfile(os.path.join(d, "cgroup.controllers")):
+                    return 2, d, ""
+            if hierarchy == "unified":
+                return 2, None, ""
+            for h in ("cpuacct", "name=systemd"):
+                d = _v1_dir(root, h)
+                if d:
+                    return 1, d, h
+            return None, None, None  # nothing mounted: each pid's cgroup file decides
+        if hierarchy in V1_HIERARCHIES or hierarchy.startswith("name="):
+            return 1, _v1_dir(root, hierarchy), hierarchy
+        raise ValueError(
+            f"unknown cgroup hierarchy {hierarchy!r} "
+            f"(expected auto, unified, {', '.join(V1_HIERARCHIES)})"
+        )
+
+    # ---- assign
+
+    def assign(
+        self, procs: Sequence[ProcStat], errors: ErrorCounts
+    ) -> dict[ContextIdentity, list[ProcStat]]:
+        pid_paths = walk_hierarchy(self.hierarchy_dir, errors) if self.walk else {}
+        cache = self._proc_paths
+        live_keys: set[tuple[int, int]] = set()
+        idents: dict[str, ContextIdentity] = {}
+        groups: dict[ContextIdentity, list[ProcStat]] = {}
+        for p in procs:
+            path = pid_paths.get(p.pid)
+            if path is None:
+                # Not walked, or missed by the walk (a zombie, or moved mid-walk).
+                k = (p.pid, p.start)
+                live_keys.add(k)
+                if k in cache:
+                    path = cache[k]
+                else:
+                    try:
+                        path = cache[k] = self._read_pid_cgroup(p.pid, errors)
+                    except _Gone:
+                        continue
+            ident = idents.get(path or "")
+            if ident is None:
+                ident = idents[path or ""] = self._identity(path or "", errors)
+            groups.setdefault(ident, []).append(p)
+        for k in cache.keys() - live_keys:
+            del cache[k]
+        for path in self._matches.keys() - idents.keys():
+            del self._matches[path]
+        return groups
+
+    def _read_pid_cgroup(self, pid: int, errors: ErrorCounts) -> str | None:
+        """The pid's cgroup path in our hierarchy; None (host) when unreadable."""
+        path = f"{self.proc_root}/{pid}/cgroup"
+        try:
+            text = _read(path)
+        except OSError as e:
+            errors[SOURCE_NAME] += 1
+            log.debug("%s: %s", path, e.strerror)
+            return None
+        if not text.strip():
+            raise _Gone(path)  # read after the process exited
+        paths, bad = parse_pid_cgroup(text)
+        found = pick_cgroup_path(paths, self.proc_key)
+        if bad or found is None:
+            errors[SOURCE_NAME] += 1
+            log.debug("%s: %d malformed lines, hierarchy found: %s", path, bad, found is not None)
+        return found
+
+    def _identity(self, path: str, errors: ErrorCounts) -> ContextIdentity:
+        if path not in self._matches:
+            self._matches[path] = match_path(path, self.rules)
+        m = self._matches[path]
+        if m is None:
+            return HOST
+        prefix, rule, caps = m
+        name = None
+        if rule.lookup == "docker":
+            name = self._docker_name(caps[0], errors)
+        if not name:
+            name = rule.render(prefix, caps) or prefix
+        return ContextIdentity(
+            key=prefix, name=name, ctx_id=context_id(prefix), source=SOURCE_NAME, cgroup=prefix
+        )
+
+    def _docker_name(self, cid: str, errors: ErrorCounts) -> str | None:
+        """The container's name from Docker's config.v2.json, re-read when it changes."""
+        if not re.fullmatch(r"[0-9a-f]{64}", cid):
+            return None  # a config rule captured something that is no container id
+        path = os.path.join(self.docker_root, "containers", cid, "config.v2.json")
+        try:
+            st = os.stat(path)
+        except OSError:
+            self._docker_names.pop(cid, None)
+            return None
+        stamp = (st.st_mtime_ns, st.st_size)
+        hit = self._docker_names.get(cid)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        try:
+            name = parse_docker_name(_read(path))
+        except _Gone:
+            return None
+        except (OSError, ParseError) as e:
+            errors[SOURCE_NAME] += 1
+            log.debug("%s: %s", path, e)
+            name = None
+        if len(self._docker_names) > 4096:  # containers come and go: bound the cache
+            self._docker_names.clear()
+        self._docker_names[cid] = (stamp, name)
+        return name
+
+    # ---- accounting
+
+    def accounting(self, ident: ContextIdentity, errors: ErrorCounts) -> KernelAccounting:
+        if not ident.key:
+            return KernelAccounting()  # host: the sampler sums its processes
+        path = ident.key
+        user = system = None
+        limits: list[LimitRow] = []
+        # A cgroup gone since assign (or absent from the cpuacct hierarchy) just
+        # reads as missing files: keep what there is.
+        try:
+            if self.v2_dir:
+                user, system = self._v2_cpu(os.path.join(self.v2_dir, path), errors)
+            elif "cpuacct" in self.v1_dirs:
+                user, system = self._v1_cpu(os.path.join(self.v1_dirs["cpuacct"], path), errors)
+        except _Gone:
+            pass
+        for row in (self._memory(path, errors), self._pids(path, errors)):
+            if row is not None:
+                limits.append(row)
+        return KernelAccounting(cpu_user_seconds=user, cpu_system_seconds=system,
+                                limits=tuple(limits))
+
+    @staticmethod
+    def _file(path: str, parse, errors: ErrorCounts, missing_ok: bool = True):
+        """Read and parse one file. Missing -> None (or _Gone); bad -> counted, None."""
+        try:
+            return parse(_read(path))
+        except _Gone:
+            if missing_ok:
+                return None
+            raise
+        except (OSError, ParseError) as e:
+            errors[SOURCE_NAME] += 1
+            log.debug("%s: %s", path, e)
+            return None
+
+    def _v2_cpu(self, d: str, errors: ErrorCounts) -> tuple[float | None, float | None]:
+        cpu = self._file(os.path.join(d, "cpu.stat"), parse_cpu_stat, errors, missing_ok=False)
+        return cpu if cpu is not None else (None, None)
+
+    def _v1_cpu(self, d: str, errors: ErrorCounts) -> tuple[float | None, float | None]:
+        try:
+            user = parse_int(_read(os.path.join(d, "cpuacct.usage_user")))
+            system = parse_int(_read(os.path.join(d, "cpuacct.usage_sys")))
+            return user / 1e9, system / 1e9
+        except (_Gone, OSError, ParseError):
+            pass  # older kernels: no usage_user/usage_sys, use cpuacct.stat
+        cpu = self._file(os.path.join(d, "cpuacct.stat"), parse_cpuacct_stat, errors,
+                         missing_ok=False)
+        return cpu if cpu is not None else (None, None)
+
+    def _memory(self, path: str, errors: ErrorCounts) -> LimitRow | None:
+        f = self._file
+        if self.v2_dir:
+            d = os.path.join(self.v2_dir, path)
+            current = f(os.path.join(d, "memory.current"), parse_int, errors)
+            if current is not None:
+                events = f(os.path.join(d, "memory.events"), parse_flat_keyed, errors) or {}
+                return LimitRow(
+                    "memory", "bytes", current,
+                    maximum=f(os.path.join(d, "memory.peak"), parse_int, errors),
+                    soft=f(os.path.join(d, "memory.high"), parse_limit, errors),
+                    hard=f(os.path.join(d, "memory.max"), parse_limit, errors),
+                    hits=events.get("max", 0),
+                )
+        if "memory" in self.v1_dirs:  # v1, or a hybrid host's v1 memory controller
+            d = os.path.join(self.v1_dirs["memory"], path)
+            current = f(os.path.join(d, "memory.usage_in_bytes"), parse_int, errors)
+            if current is not None:
+                return LimitRow(
+                    "memory", "bytes", current,
+                    maximum=f(os.path.join(d, "memory.max_usage_in_bytes"), parse_int, errors),
+                    soft=f(os.path.join(d, "memory.soft_limit_in_bytes"), parse_v1_limit, errors),
+                    hard=f(os.path.join(d, "memory.limit_in_bytes"), parse_v1_limit, errors),
+                    hits=f(os.path.join(d, "memory.failcnt"), parse_int, errors) or 0,
+                )
+        return None
+
+    def _pids(self, path: str, errors: ErrorCounts) -> LimitRow | None:
+        # v1's pids controller has the same files as v2's.
+        for base in (self.v2_dir, self.v1_dirs.get("pids")):
+            if not base:
+                continue
+            d = os.path.join(base, path)
+            current = self._file(os.path.join(d, "pids.current"), parse_int, errors)
+            if current is None:
+                continue
+            events = self._file(os.path.join(d, "pids.events"), parse_flat_keyed, errors) or {}
+            return LimitRow(
+                "pids", "count", current,
+                maximum=self._file(os.path.join(d, "pids.peak"), parse_int, errors),
+                hard=self._file(os.path.join(d, "pids.max"), parse_limit, errors),
+                hits=events.get("max", 0),
+            )
+        return None
