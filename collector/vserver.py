@@ -1,0 +1,582 @@
+"""Linux-VServer contexts: processes grouped by xid, the kernel's `/proc/virtual` figures.
+
+Pure parsers for the `/proc/virtual/<xid>/*` files (vs2.0 and vs2.2+/2.3 layouts),
+util-vserver's guest-name lookup (as vserver-stat does it), and `VServerSource`.
+
+util-vserver stores absolute paths (`/etc/vservers/NAME/run` -> `/var/run/vservers/NAME`,
+`.defaults/run.rev/<xid>` -> `/etc/vservers/NAME`). They are resolved under the tree
+root, the parent of `proc_root`, so a recorded tree (`x/fixture/proc`) is read as a
+whole host rooted at `x/fixture`, never escaping into the reader's own `/etc`.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import logging
+import os
+import re
+import time
+from typing import Callable, Sequence
+
+from .procfs import PAGE_SIZE, ErrorCounts, ParseError, ProcStat, read_text
+from .snapshot import LimitRow, SocketAccounting
+from .source import ContextIdentity, KernelAccounting, Source
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KERNEL_HZ = 250  # the Kconfig default, used when CONFIG_HZ cannot be found
+NAME_TTL_SECONDS = 60.0  # names change only at guest start; see VServerSource.assign
+MAX_SYMLINKS = 40  # as the kernel's path walk
+
+# Resources the kernel accounts in pages (K20/K23 limit.h); the rest are counts,
+# except MSGQ (RLIMIT_MSGQUEUE, bytes in the kernel's own rlimit).
+_PAGE_RESOURCES = frozenset({"VM", "VML", "RSS", "ANON", "RMAP", "SHM"})
+_BYTE_RESOURCES = frozenset({"MSGQ"})
+
+_SOCKET_FAMILIES = ("UNSPEC", "UNIX", "INET", "INET6", "PACKET", "OTHER")
+
+# ---------------------------------------------------------------------------
+# Parsers (text in, values out)
+# ---------------------------------------------------------------------------
+
+_VXID_RE = re.compile(r"^VxID:\s*(\d+)", re.MULTILINE)  # the kernel writes one blank
+_S_CONTEXT_RE = re.compile(r"^s_context:\s*(\d+)", re.MULTILINE)  # LEGACY builds
+_VINFO_XID_RE = re.compile(r"^XID:\s*(\d+)", re.MULTILINE)
+
+
+def parse_status_xid(text: str) -> int | None:
+    """The xid in a `<pid>/status`: `VxID:` (vs2.0+), else the legacy `s_context:`.
+
+    None when the file has neither (HIDE_VINFO contexts, a truncated file).
+    """
+    m = _VXID_RE.search(text) or _S_CONTEXT_RE.search(text)
+    return int(m.group(1)) if m else None
+
+
+def parse_vinfo_xid(text: str) -> int | None:
+    """`<pid>/vinfo` (vs2.0+): `XID:\\t<xid>`."""
+    m = _VINFO_XID_RE.search(text)
+    return int(m.group(1)) if m else None
+
+
+_NUM = r"(-?\d+)"
+# vs2.0: `RES:→cur→max→limit→hits`
+_LIMIT20_RE = re.compile(rf"^([A-Z0-9_]+):\s+{_NUM}\s+{_NUM}\s+{_NUM}\s+{_NUM}\s*$")
+# vs2.2+: `RES:→cur→min/max→soft/hard→hits`; padding puts blanks after the `/`,
+# so the pairs are matched around the `/`, never split on whitespace.
+_LIMIT22_RE = re.compile(
+    rf"^([A-Z0-9_]+):\s+{_NUM}\s+{_NUM}\s*/\s*{_NUM}\s+{_NUM}\s*/\s*{_NUM}\s+{_NUM}\s*$"
+)
+
+
+def _unlimited(v: int) -> int | None:
+    # RLIM_INFINITY is printed signed: -1.
+    return None if v < 0 else v
+
+
+def parse_limit(text: str, page_size: int = PAGE_SIZE) -> tuple[tuple[LimitRow, ...], int]:
+    """`/proc/virtual/<xid>/limit`, both layouts; returns (rows, malformed lines skipped).
+
+    Page resources (VM VML RSS ANON RMAP SHM) are converted to bytes. vs2.0 has one
+    limit per resource, which the kernel enforces as a hard limit: it goes to `hard`,
+    and `soft`/`minimum` stay None (not in that layout). Unlimited (-1) is None.
+    """
+    rows: list[LimitRow] = []
+    bad = 0
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("Limit"):  # vs2.2+ header
+            continue
+        m = _LIMIT22_RE.match(line)
+        if m:
+            res = m.group(1)
+            cur, lo, hi, soft, hard, hits = (int(x) for x in m.groups()[1:])
+            lo_v: int | None = lo
+        else:
+            m = _LIMIT20_RE.match(line)
+            if not m:
+                bad += 1
+                continue
+            res = m.group(1)
+            cur, hi, hard, hits = (int(x) for x in m.groups()[1:])
+            lo_v = soft = None  # type: ignore[assignment]
+        if res in _PAGE_RESOURCES:
+            unit, scale = "bytes", page_size
+        elif res in _BYTE_RESOURCES:
+            unit, scale = "bytes", 1
+        else:
+            unit, scale = "count", 1
+
+        def sc(v: int | None) -> int | None:
+            return None if v is None else v * scale
+
+        rows.append(
+            LimitRow(
+                resource=res,
+                unit=unit,
+                current=cur * scale,
+                minimum=sc(lo_v),
+                maximum=sc(_unlimited(hi)),
+                soft=sc(None if soft is None else _unlimited(soft)),
+                hard=sc(_unlimited(hard)),
+                hits=hits,
+            )
+        )
+    return tuple(rows), bad
+
+
+_SCHED_CPU_RE = re.compile(r"^cpu\s+\d+:\s+(\d+)\s+(\d+)(?:\s|$)")
+
+
+def parse_sched(text: str, hz: int) -> tuple[float, float]:
+    """`/proc/virtual/<xid>/sched` -> (user, system) seconds summed over the `cpu N:` lines.
+
+    Every layout (vs2.0, vs2.2/2.3.0, the later PrioBias-only one) starts a per-CPU
+    line with `cpu N: user sys hold`; the unit is the kernel's jiffy (CONFIG_HZ), not
+    USER_HZ. Times include exited tasks.
+    """
+    user = system = 0
+    cpus = 0
+    for line in text.splitlines():
+        if not line.startswith("cpu"):
+            continue
+        m = _SCHED_CPU_RE.match(line)
+        if not m:
+            # A partial sum would make the counter jump back and forth.
+            raise ParseError(f"sched: malformed cpu line {line!r}")
+        user += int(m.group(1))
+        system += int(m.group(2))
+        cpus += 1
+    if not cpus:
+        raise ParseError("sched: no 'cpu N:' lines")
+    return user / hz, system / hz
+
+
+def _key_values(text: str, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        if not sep:
+            raise ParseError(f"{what}: no ':' in {line!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+_CVIRT_INTS = ("nr_threads", "nr_running", "nr_unintr", "nr_onhold", "load_updates",
+               "total_forks")
+
+
+def parse_cvirt(text: str) -> dict:
+    """`/proc/virtual/<xid>/cvirt`.
+
+    `BiasUptime` (float seconds after host boot the context was created), the task
+    counters as ints, `loadavg` as a 3-tuple of floats, uts strings (vs2.0 only) as is.
+    """
+    kv = _key_values(text, "cvirt")
+    out: dict = dict(kv)
+    try:
+        if "BiasUptime" in kv:
+            out["BiasUptime"] = float(kv["BiasUptime"])
+        for k in _CVIRT_INTS:
+            if k in kv:
+                out[k] = int(kv[k])
+        if "loadavg" in kv:
+            la = tuple(float(x) for x in kv["loadavg"].split())
+            if len(la) != 3:
+                raise ValueError("loadavg: expected 3 values")
+            out["loadavg"] = la
+    except ValueError as e:
+        raise ParseError(f"cvirt: {e}") from None
+    return out
+
+
+_CACCT_RE = re.compile(r"^([A-Z0-9]+):\s+(\d+)/(\d+)\s+(\d+)/(\d+)\s+(\d+)/(\d+)\s*$")
+
+
+def parse_cacct(text: str) -> tuple[SocketAccounting, ...]:
+    """`/proc/virtual/<xid>/cacct`, both layouts: one row per address family.
+
+    The header, `forks:`, `slab:` and `page[i]:` lines are not socket figures.
+    """
+    out: list[SocketAccounting] = []
+    for line in text.splitlines():
+        fam = line.partition(":")[0]
+        if fam not in _SOCKET_FAMILIES:
+            continue
+        m = _CACCT_RE.match(line)
+        if not m:
+            raise ParseError(f"cacct: malformed line {line!r}")
+        n = [int(x) for x in m.groups()[1:]]
+        out.append(SocketAccounting(fam, n[0], n[1], n[2], n[3], n[4], n[5]))
+    return tuple(out)
+
+
+_VSTATUS_HEX = frozenset({"Flags", "BCaps", "CCaps", "Spaces"})
+
+
+def parse_vstatus(text: str) -> dict[str, int]:
+    """`/proc/virtual/<xid>/status`: UseCnt, Tasks, Ticks (decimal); Flags, BCaps,
+    CCaps, Spaces (hex)."""
+    out: dict[str, int] = {}
+    try:
+        for k, v in _key_values(text, "status").items():
+            out[k] = int(v, 16) if k in _VSTATUS_HEX else int(v)
+    except ValueError as e:
+        raise ParseError(f"status: {e}") from None
+    return out
+
+
+_CONFIG_HZ_RE = re.compile(rb"^CONFIG_HZ=(\d+)\s*$", re.MULTILINE)
+
+
+def parse_config_hz(data: bytes) -> int | None:
+    """`CONFIG_HZ=<n>` from a kernel .config."""
+    m = _CONFIG_HZ_RE.search(data)
+    return int(m.group(1)) if m and int(m.group(1)) > 0 else None
+
+
+# ---------------------------------------------------------------------------
+# Paths under a root, and util-vserver's name lookup
+# ---------------------------------------------------------------------------
+
+
+def resolve_in_root(root: str, path: str, max_links: int = MAX_SYMLINKS) -> str:
+    """The host path of `path` (interpreted with `root` as `/`), symlinks followed.
+
+    Like a path walk inside a chroot at `root`: absolute link targets restart at
+    `root` and `..` stops there, so the result never leaves `root`. Missing
+    components are kept as they are (opening the result then fails). Raises
+    OSError(ELOOP) after `max_links` links.
+    """
+    todo = [p for p in reversed(path.split("/"))]
+    done: list[str] = []
+    links = 0
+    while todo:
+        part = todo.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        try:
+            target = os.readlink(os.path.join(root, *done, part))
+        except OSError:  # not a link (or missing): a plain component
+            done.append(part)
+            continue
+        links += 1
+        if links > max_links:
+            raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+        if target.startswith("/"):
+            done = []
+        todo.extend(reversed(target.split("/")))
+    return os.path.join(root, *done)
+
+
+def _read_small(host_path: str, limit: int) -> bytes | None:
+    """The file's bytes, or None if it cannot be read or holds `limit` bytes or more."""
+    try:
+        with open(host_path, "rb") as f:
+            data = f.read(limit)
+    except OSError:
+        return None
+    return data if len(data) < limit else None
+
+
+_RUN_XID_RE = re.compile(rb"\s*([+-]?\d+)")
+
+
+def read_run_xid(root: str, cfgdir: str) -> int | None:
+    """The xid in `<cfgdir>/run` (util-vserver's getCtxFromFile: at most 50 bytes, a
+    number ended by the end of the file or a newline). None for a stopped guest,
+    whose `run` link dangles."""
+    try:
+        data = _read_small(resolve_in_root(root, cfgdir + "/run"), 51)
+    except OSError:
+        return None
+    if data is None:
+        return None
+    m = _RUN_XID_RE.match(data)
+    if not m:
+        return None
+    rest = data[m.end() :]
+    if rest and not rest.startswith(b"\n"):  # strtol must stop at the end or a newline
+        return None
+    return int(m.group(1))
+
+
+def _decode_name(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
+
+
+def config_name(root: str, cfgdir: str) -> str:
+    """util-vserver's vc_getVserverName: `<cfgdir>/name` without trailing newlines
+    (when under 1024 bytes and not empty), else the basename of the resolved dir.
+
+    Only the first line is kept, so a stray multi-line file cannot break a table row.
+    """
+    try:
+        data = _read_small(resolve_in_root(root, cfgdir + "/name"), 1024)
+        if data is not None:
+            data = data.rstrip(b"\n").split(b"\n", 1)[0]
+            if data:
+                return _decode_name(data)
+        real = resolve_in_root(root, cfgdir)
+    except OSError:  # ELOOP
+        real = cfgdir
+    return _decode_name(os.fsencode(os.path.basename(real.rstrip("/"))))
+
+
+def find_config_dir(root: str, vservers_dir: str, xid: int) -> str | None:
+    """The config dir (a path under `root`) of the running guest with this xid.
+
+    First `<vservers_dir>/.defaults/run.rev/<xid>` (a link the guest's start leaves),
+    then any config dir whose `run` file holds the xid. Either is only accepted when
+    its `run` holds the xid (a stale run.rev link or a stopped guest does not match).
+    """
+    rev = f"{vservers_dir}/.defaults/run.rev/{xid}"
+    if read_run_xid(root, rev) == xid:
+        return rev
+    try:
+        entries = sorted(os.listdir(resolve_in_root(root, vservers_dir)))
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.startswith("."):
+            continue
+        cand = f"{vservers_dir}/{entry}"
+        if read_run_xid(root, cand) == xid:
+            return cand
+    return None
+
+
+def resolve_name(root: str, vservers_dir: str, xid: int) -> str:
+    """vserver-stat's NAME: fixed names for 0 and 1, the running guest's name, or ""."""
+    if xid == 0:
+        return "root server"
+    if xid == 1:
+        return "monitoring server"
+    cfg = find_config_dir(root, vservers_dir, xid)
+    return "" if cfg is None else config_name(root, cfg)
+
+
+def tree_root(proc_root: str) -> str:
+    """The root a proc tree belongs to: `/proc` -> `/`, `x/fixture/proc` -> `x/fixture`."""
+    return os.path.dirname(os.path.abspath(proc_root.rstrip("/") or "/"))
+
+
+def detect_kernel_hz(proc_root: str, root: str | None = None) -> int | None:
+    """CONFIG_HZ from `<proc>/config.gz`, else `<root>/boot/config-<osrelease>`."""
+    root = tree_root(proc_root) if root is None else root
+    try:
+        with gzip.open(os.path.join(proc_root, "config.gz"), "rb") as f:
+            hz = parse_config_hz(f.read())
+        if hz:
+            return hz
+    except (OSError, EOFError, ValueError):
+        pass
+    try:
+        release = read_text(os.path.join(proc_root, "sys", "kernel", "osrelease")).strip()
+    except OSError:
+        return None
+    if not release or "/" in release or release in (".", ".."):
+        return None
+    try:
+        with open(resolve_in_root(root, f"/boot/config-{release}"), "rb") as f:
+            return parse_config_hz(f.read())
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------------------
+# The source
+# ---------------------------------------------------------------------------
+
+_GONE = (errno.ENOENT, errno.ESRCH)
+
+
+class VServerSource(Source):
+    """Contexts by xid, with the kernel's per-context accounting from `/proc/virtual`."""
+
+    name = "vserver"
+
+    def __init__(
+        self,
+        proc_root: str = "/proc",
+        vservers_dir: str | None = None,
+        kernel_hz: int | None = None,
+        *,
+        page_size: int = PAGE_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.proc_root = proc_root
+        self.root = tree_root(proc_root)
+        if vservers_dir is None:
+            vservers_dir = os.path.join(self.root, "etc", "vservers")
+        # Name lookups work on paths inside the root; a config dir given outside it
+        # is used as is, its absolute links then resolving on the real root.
+        vdir = os.path.abspath(vservers_dir)
+        rel = os.path.relpath(vdir, self.root)
+        if rel == ".." or rel.startswith("../"):
+            self._name_root, self._vservers_dir = "/", vdir
+        else:
+            self._name_root, self._vservers_dir = self.root, "/" + rel
+        self._kernel_hz = kernel_hz
+        self.page_size = page_size
+        self.clock = clock
+        self._xids: dict[int, tuple[int, int]] = {}  # pid -> (start, xid)
+        self._names: dict[int, tuple[str, float]] = {}  # xid -> (name, resolved at)
+
+    @property
+    def kernel_hz(self) -> int:
+        if self._kernel_hz is None:
+            hz = detect_kernel_hz(self.proc_root, self.root)
+            if hz is None:
+                log.warning(
+                    "CONFIG_HZ not found in %s/config.gz or /boot/config-<release>; "
+                    "assuming %d for /proc/virtual/*/sched (use kernel_hz to set it)",
+                    self.proc_root, DEFAULT_KERNEL_HZ,
+                )
+                hz = DEFAULT_KERNEL_HZ
+            self._kernel_hz = hz
+        return self._kernel_hz
+
+    # -- assign -------------------------------------------------------------
+
+    def _read_xid(self, pid: int, errors: ErrorCounts) -> int | None:
+        base = f"{self.proc_root}/{pid}"
+        try:
+            text = read_text(f"{base}/status")
+        except OSError as e:
+            if e.errno not in _GONE:
+                errors[self.name] += 1
+                log.debug("%s/status: %s", base, e.strerror)
+            return None
+        xid = parse_status_xid(text)
+        if xid is None:
+            # No tag (HIDE_VINFO context or a cut-off file): vinfo still says it.
+            try:
+                xid = parse_vinfo_xid(read_text(f"{base}/vinfo"))
+            except OSError:
+                xid = None
+            if xid is None:
+                errors[self.name] += 1
+                log.debug("%s/status: no VxID/s_context line", base)
+        return xid
+
+    def _list_contexts(self, errors: ErrorCounts) -> list[int]:
+        try:
+            names = os.listdir(os.path.join(self.proc_root, "virtual"))
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            errors[self.name] += 1
+            log.debug("%s/virtual: %s", self.proc_root, e.strerror)
+            return []
+        return [int(n) for n in names if n.isdigit()]
+
+    def _name(self, xid: int, now: float) -> str:
+        cached = self._names.get(xid)
+        if cached is not None and now - cached[1] < NAME_TTL_SECONDS:
+            return cached[0]
+        name = resolve_name(self._name_root, self._vservers_dir, xid)
+        self._names[xid] = (name, now)
+        return name
+
+    def assign(
+        self, procs: Sequence[ProcStat], errors: ErrorCounts
+    ) -> dict[ContextIdentity, list[ProcStat]]:
+        by_xid: dict[int, list[ProcStat]] = {}
+        cache = self._xids
+        live: dict[int, tuple[int, int]] = {}
+        for p in procs:
+            hit = cache.get(p.pid)
+            if hit is not None and hit[0] == p.start:
+                xid = hit[1]
+            else:
+                # The xid of a process never changes in practice, and a reused pid
+                # has a new start: one status read per process lifetime.
+                xid = self._read_xid(p.pid, errors)
+                if xid is None:
+                    continue
+            live[p.pid] = (p.start, xid)
+            by_xid.setdefault(xid, []).append(p)
+        self._xids = live  # pids no longer present are dropped
+        for xid in self._list_contexts(errors):
+            by_xid.setdefault(xid, [])
+
+        now = self.clock()
+        # A context seen for the first time (a guest (re)started) is looked up anew.
+        for xid in self._names.keys() - by_xid.keys():
+            del self._names[xid]
+        out: dict[ContextIdentity, list[ProcStat]] = {}
+        for xid in sorted(by_xid):
+            ident = ContextIdentity(
+                key=str(xid), name=self._name(xid, now), ctx_id=str(xid),
+                source=self.name, xid=xid,
+            )
+            out[ident] = by_xid[xid]
+        return out
+
+    # -- accounting ---------------------------------------------------------
+
+    def _read_virtual(self, xid: int, file: str, errors: ErrorCounts) -> str | None:
+        path = f"{self.proc_root}/virtual/{xid}/{file}"
+        try:
+            return read_text(path)
+        except FileNotFoundError:  # not in this kernel's layout, or the context ended
+            return None
+        except OSError as e:
+            errors[self.name] += 1
+            log.debug("%s: %s", path, e.strerror)
+            return None
+
+    def accounting(self, ident: ContextIdentity, errors: ErrorCounts) -> KernelAccounting:
+        xid = ident.xid
+        if xid is None or xid <= 1 or not os.path.isdir(f"{self.proc_root}/virtual/{xid}"):
+            return KernelAccounting()  # 0 (host) and 1 (spectator) have no directory
+
+        def parse(file: str, fn):
+            text = self._read_virtual(xid, file, errors)
+            if text is None:
+                return None
+            try:
+                return fn(text)
+            except ParseError as e:
+                errors[self.name] += 1
+                log.debug("%s/virtual/%d/%s: %s", self.proc_root, xid, file, e)
+                return None
+
+        cpu_u = cpu_s = started = threads = None
+        limits: tuple[LimitRow, ...] = ()
+        sockets: tuple[SocketAccounting, ...] = ()
+
+        lim = parse("limit", lambda t: parse_limit(t, self.page_size))
+        if lim is not None:
+            limits, bad = lim
+            if bad:
+                errors[self.name] += bad
+        sched = parse("sched", lambda t: parse_sched(t, self.kernel_hz))
+        if sched is not None:
+            cpu_u, cpu_s = sched
+        cvirt = parse("cvirt", parse_cvirt)
+        if cvirt is not None:
+            started = cvirt.get("BiasUptime")
+            threads = cvirt.get("nr_threads")
+        cacct = parse("cacct", parse_cacct)
+        if cacct is not None:
+            sockets = cacct
+        status = parse("status", parse_vstatus)
+        if status is not None and "Tasks" in status:
+            threads = status["Tasks"]
+
+        return KernelAccounting(
+            cpu_user_seconds=cpu_u,
+            cpu_system_seconds=cpu_s,
+            started_after_boot=started,
+            threads=threads,
+            limits=limits,
+            sockets=sockets,
+        )
