@@ -42,6 +42,7 @@ _GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV)
 _V1_UNLIMITED = 1 << 62
 
 V1_HIERARCHIES = ("cpuacct", "memory", "name=systemd")
+_V1_HIERARCHY = re.compile(r"name=[A-Za-z0-9_.-]+|[a-z][a-z0-9_]*(?:,[a-z][a-z0-9_]*)*")
 
 # --------------------------------------------------------------------------- rules
 
@@ -161,10 +162,13 @@ class Rule:
     template: str
     lookup: str | None = None  # "docker": capture 1 is a container id to look up
     text: str = ""  # the rule as written, for messages
+    # Written as "/system.slice/..." (how /proc/<pid>/cgroup shows paths): matched
+    # against the path with a leading slash.
+    slash: bool = False
 
     def match(self, path: str) -> tuple[str, ...] | None:
         """The captures (unescaped) if the rule fully matches `path`, else None."""
-        m = self.pattern.fullmatch(path)
+        m = self.pattern.fullmatch("/" + path if self.slash else path)
         if m is None:
             return None
         return tuple(unescape_systemd(g or "") for g in m.groups())
@@ -178,11 +182,15 @@ class Rule:
 def compile_rules(specs: Iterable[Mapping[str, Any]] | None) -> list[Rule]:
     """Compile config rules (`{"glob"|"regex": ..., "name": ..., ["lookup": "docker"]}`).
 
-    Raises ValueError with a one-line message naming the bad rule.
+    Patterns match a whole cgroup path prefix, written without a leading slash
+    (`system.slice/*.service`) or with one (`/system.slice/*.service`).
+    Raises ValueError with a one-line message (naming the rule's position when
+    several are given).
     """
     rules: list[Rule] = []
-    for i, spec in enumerate(specs or (), 1):
-        where = f"cgroup rule {i}"
+    specs = list(specs or ())
+    for i, spec in enumerate(specs, 1):
+        where = f"cgroup rule {i}" if len(specs) > 1 else "cgroup rule"
         if not isinstance(spec, Mapping):
             raise ValueError(f"{where}: expected a table with glob or regex and name")
         unknown = set(spec) - _RULE_KEYS
@@ -211,7 +219,8 @@ def compile_rules(specs: Iterable[Mapping[str, Any]] | None) -> list[Rule]:
             raise ValueError(f"{where}: {e}") from None
         if lookup and pattern.groups < 1:
             raise ValueError(f"{where}: lookup needs the container id as capture 1")
-        rules.append(Rule(pattern, template, lookup, f"{kind} {text!r}"))
+        slash = text.startswith(("/", "^/"))
+        rules.append(Rule(pattern, template, lookup, f"{kind} {text!r}", slash))
     return rules
 
 
@@ -495,8 +504,11 @@ class CgroupSource(Source):
                 if d:
                     return 1, d, h
             return None, None, None  # nothing mounted: each pid's cgroup file decides
-        if hierarchy in V1_HIERARCHIES or hierarchy.startswith("name="):
-            return 1, _v1_dir(root, hierarchy), hierarchy
+        if _V1_HIERARCHY.fullmatch(hierarchy):
+            # A co-mount ("cpu,cpuacct") is found by, and keyed in <pid>/cgroup by,
+            # its first controller.
+            first = hierarchy.split(",")[0]
+            return 1, _v1_dir(root, hierarchy) or _v1_dir(root, first), first
         raise ValueError(
             f"unknown cgroup hierarchy {hierarchy!r} "
             f"(expected auto, unified, {', '.join(V1_HIERARCHIES)})"

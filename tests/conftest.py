@@ -1,0 +1,40 @@
+"""Shared fixtures. `cgroup_factory` makes real cgroups (see tests/cgroups.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # so test files can `import cgroups`
+
+import cgroups  # noqa: E402
+
+
+@pytest.fixture
+def cgroup_v2_root() -> str:
+    """The mounted cgroup v2 hierarchy; skips when real cgroups cannot be made."""
+    reason = cgroups.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    return cgroups.v2_mount()
+
+
+@pytest.fixture
+def cgroup_factory(cgroup_v2_root):
+    """`cgroup_factory(name=None, parent=None, suffix=".service") -> LiveCgroup`.
+
+    Cgroups are made uniquely named under the v2 root (`ctxmon-test-<hex>.service`);
+    at teardown, pass or fail, their processes are killed and reaped and they are
+    removed, deepest first.
+    """
+    factory = cgroups.CgroupFactory(cgroup_v2_root)
+    try:
+        factory(suffix=".probe")
+    except OSError as e:
+        factory.cleanup()
+        pytest.skip(f"cannot create a cgroup under {cgroup_v2_root}: {e.strerror}")
+    factory.cleanup()
+    yield factory
+    factory.cleanup()
