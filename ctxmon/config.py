@@ -75,16 +75,20 @@ def _one_line(text: str) -> str:
 # name; None marks a field that is no key (Config.source_path).
 
 
-RULE_KEYS = ("glob", "regex", "name")
+RULE_KEYS = ("glob", "regex", "name", "lookup")
 
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One `[[collector.rule]]`: cgroups matching `glob` or `regex` are named `name`."""
+    """One `[[collector.rule]]`: cgroups matching `glob` or `regex` are named `name`.
+
+    `lookup` ("docker") asks the cgroup source to look the name up by capture 1.
+    """
 
     name: str
     glob: str | None = None
     regex: str | None = None
+    lookup: str | None = None
 
     def as_dict(self) -> dict[str, str]:
         """The form `collector.build_source(rules=...)` takes; `dict(rule)` too."""
@@ -104,8 +108,9 @@ class CollectorConfig:
     interval: float = DEFAULT_INTERVAL  # seconds between polls
     source: str = "auto"
     proc_root: str = "/proc"
-    vservers_dir: str = "/etc/vservers"  # derived from proc_root when not given
-    cgroup_root: str = "/sys/fs/cgroup"
+    # Both derived from proc_root when not given: <parent of proc_root>/etc/vservers ...
+    vservers_dir: str = "/etc/vservers"
+    cgroup_root: str = "/sys/fs/cgroup"  # ... and <parent of proc_root>/sys/fs/cgroup
     cgroup_hierarchy: str = "auto"
     kernel_hz: int | None = None  # None: detect ("auto")
     rules: tuple[Rule, ...] = field(default=(), metadata={"toml": "rule"})
@@ -572,18 +577,20 @@ class _Loader:
         raw = self.table(raw, loc, CollectorConfig)
         d = CollectorConfig()
         proc_root = self.get(raw, loc, "proc_root", self.path_value, d.proc_root)
-        vservers_dir = self.get(raw, loc, "vservers_dir",
-                                lambda v: self.path_value(v) if self.string(v) else "", "")
-        if not vservers_dir:
-            # util-vserver's absolute paths resolve under the root the proc tree is in.
-            root = os.path.dirname(os.path.normpath(proc_root))
-            vservers_dir = os.path.join(root, "etc", "vservers")
+        # "" (the default): under the root the proc tree is in, so a recorded or
+        # chroot tree reads its own util-vserver config and cgroup mount.
+        root = os.path.dirname(os.path.normpath(proc_root))
+        optional_path = lambda v: self.path_value(v) if self.string(v) else ""  # noqa: E731
+        vservers_dir = (self.get(raw, loc, "vservers_dir", optional_path, "")
+                        or os.path.join(root, "etc", "vservers"))
+        cgroup_root = (self.get(raw, loc, "cgroup_root", optional_path, "")
+                       or os.path.join(root, "sys", "fs", "cgroup"))
         return CollectorConfig(
             interval=self.get(raw, loc, "interval", self.duration_at_least_1s, d.interval),
             source=self.get(raw, loc, "source", self.choice(*SOURCES), d.source),
             proc_root=proc_root,
             vservers_dir=vservers_dir,
-            cgroup_root=self.get(raw, loc, "cgroup_root", self.path_value, d.cgroup_root),
+            cgroup_root=cgroup_root,
             cgroup_hierarchy=self.get(raw, loc, "cgroup_hierarchy", _cgroup_hierarchy,
                                       d.cgroup_hierarchy),
             kernel_hz=self.get(raw, loc, "kernel_hz", _kernel_hz, d.kernel_hz),
@@ -610,7 +617,8 @@ class _Loader:
             matcher = matchers[0]
             pattern = self.get(item, rloc, matcher, self.string, None)
             name = self.get(item, rloc, "name", self.string, None)
-            rule = Rule(name=name, **{matcher: pattern})
+            lookup = self.get(item, rloc, "lookup", self.string, None)
+            rule = Rule(name=name, lookup=lookup, **{matcher: pattern})
             try:
                 if compile_rules is not None:
                     compile_rules([rule.as_dict()])
@@ -620,7 +628,8 @@ class _Loader:
                     except re.error as e:
                         raise ValueError(f"invalid regular expression {_show(pattern)}: {e}")
             except ValueError as e:
-                raise self.error(rloc + (matcher,), str(e) or "invalid rule") from None
+                message = _RULE_MESSAGE_PREFIX.sub("", str(e)) or "invalid rule"
+                raise self.error(rloc + (_rule_key_at_fault(message, matcher),), message) from None
             out.append(rule)
         return tuple(out)
 
@@ -681,6 +690,19 @@ class _Loader:
         loc = ("log",)
         raw = self.table(raw, loc, LogConfig)
         return LogConfig(level=self.get(raw, loc, "level", self.choice(*LOG_LEVELS), "info"))
+
+
+# compile_rules names the rule itself ("cgroup rule: ..."); ours names it with its line.
+_RULE_MESSAGE_PREFIX = re.compile(r"^cgroup rule(?: \d+)?: ")
+
+
+def _rule_key_at_fault(message: str, matcher: str) -> str:
+    """Which key of a rule compile_rules's message is about, for the line number."""
+    if "template" in message or message.startswith("name "):
+        return "name"
+    if message.startswith("lookup"):
+        return "lookup"
+    return matcher
 
 
 def _cgroup_hierarchy(value: Any) -> str:

@@ -20,6 +20,7 @@ from ctxmon.config import (
     GraphsConfig,
     LogConfig,
     RrdConfig,
+    RULE_KEYS,
     Rule,
     _LineIndex,
     default_config,
@@ -334,17 +335,45 @@ def test_rules_are_validated_by_compile_rules_when_it_exists(tmp_path, monkeypat
     assert seen == [[{"regex": "a(b)", "name": "{1}"}], [{"glob": "x*", "name": "{1}"}]]
 
 
+@pytest.mark.parametrize(
+    "message, key, shown",
+    [
+        ("cgroup rule: bad name template '{2}': {2} but the pattern has 1", "name",
+         "bad name template '{2}': {2} but the pattern has 1"),
+        ("cgroup rule: lookup must be one of docker", "lookup", "lookup must be one of docker"),
+        ("cgroup rule: bad glob '/a/[': no", "glob", "bad glob '/a/[': no"),
+    ],
+)
+def test_compile_rules_message_lands_on_the_key_it_is_about(tmp_path, monkeypatch, message,
+                                                            key, shown):
+    def compile_rules(rules):
+        raise ValueError(message)
+
+    monkeypatch.setitem(sys.modules, "collector.cgroup",
+                        types.SimpleNamespace(compile_rules=compile_rules))
+    text = '[[collector.rule]]\nglob = "/a/*"\nname = "{2}"\nlookup = "dockr"\n'
+    path, got = error_of(tmp_path, text)
+    assert got == f"{path}:{line_of(text, key + ' =')}: [[collector.rule]] #1 {key}: {shown}"
+
+
+def test_bad_template_with_the_real_cgroup_module(tmp_path):
+    pytest.importorskip("collector.cgroup")
+    text = '[collector]\n[[collector.rule]]\nglob = "/a/*"\nname = "{2}"\n'
+    path, message = error_of(tmp_path, text)
+    assert message.startswith(f"{path}:{line_of(text, 'name =')}: [[collector.rule]] #1 name: ")
+
+
 def test_good_rules_kept_in_order_and_usable_as_dicts(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "collector.cgroup", None)
-    text = TWO_RULES.replace("(.+\\\\.scope", "(.+)\\\\.scope")
+    text = TWO_RULES.replace("(.+\\\\.scope", "(.+)\\\\.scope") + 'lookup = "docker"\n'
     rules = load_config(write(tmp_path, text)).collector.rules
     assert rules == (
         Rule(glob="/system.slice/*.service", name="{1}"),
-        Rule(regex="/machine-(.+)\\.scope", name="vm-{1}"),
+        Rule(regex="/machine-(.+)\\.scope", name="vm-{1}", lookup="docker"),
     )
     assert [dict(r) for r in rules] == [
         {"glob": "/system.slice/*.service", "name": "{1}"},
-        {"regex": "/machine-(.+)\\.scope", "name": "vm-{1}"},
+        {"regex": "/machine-(.+)\\.scope", "name": "vm-{1}", "lookup": "docker"},
     ]
 
 
@@ -494,11 +523,13 @@ dir = "/srv/graphs"
     assert cfg.collector.vservers_dir == str(checkout / "recorded" / "etc" / "vservers")
 
 
-def test_vservers_dir_given_or_derived(tmp_path):
+def test_vservers_dir_and_cgroup_root_given_or_derived(tmp_path):
     cfg = load_config(write(tmp_path, '[collector]\nproc_root = "/srv/host/proc/"\n'))
     assert cfg.collector.vservers_dir == "/srv/host/etc/vservers"
-    cfg = load_config(write(tmp_path, '[collector]\nvservers_dir = "/etc/vs"\n'))
-    assert cfg.collector.vservers_dir == "/etc/vs"
+    assert cfg.collector.cgroup_root == "/srv/host/sys/fs/cgroup"
+    text = '[collector]\nproc_root = "/srv/host/proc"\nvservers_dir = "/etc/vs"\ncgroup_root = "/cg"\n'
+    cfg = load_config(write(tmp_path, text))
+    assert (cfg.collector.vservers_dir, cfg.collector.cgroup_root) == ("/etc/vs", "/cg")
 
 
 def test_loading_writes_nothing(tmp_path):
@@ -574,7 +605,8 @@ def test_shipped_config_loads_with_data_under_the_checkout():
 
 def _commented_rule_examples(text: str) -> list[dict]:
     """The `[[collector.rule]]` examples, commented out in the shipped file."""
-    lines = re.findall(r"^# ?(\[\[collector\.rule\]\]|(?:glob|regex|name) = .*)$", text, re.M)
+    lines = re.findall(r"^# ?(\[\[collector\.rule\]\]|(?:glob|regex|name|lookup) = .*)$",
+                       text, re.M)
     return tomllib.loads("\n".join(lines)).get("collector", {}).get("rule", [])
 
 
@@ -589,7 +621,7 @@ def test_shipped_config_documents_every_key():
     present = {(t, k) for t, v in data.items() for k in v}
     present |= {("collector", "rule")}
     rule_keys = {k for r in rules for k in r}
-    assert rule_keys == {"glob", "regex", "name"}
+    assert rule_keys == set(RULE_KEYS)
     for table, cls in tables.items():
         assert table in data, f"[{table}] missing"
         for key in toml_keys(cls):
