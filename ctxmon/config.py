@@ -552,6 +552,10 @@ class _Loader:
             return value
         return os.path.normpath(os.path.join(self.base_dir, value))
 
+    def optional_path(self, value: Any) -> str:
+        """A path, or "" for "derive it"."""
+        return self.path_value(value) if self.string(value) else ""
+
     # -- tables
 
     def load(self, data: dict[str, Any], check_rrd_files: bool) -> Config:
@@ -580,10 +584,9 @@ class _Loader:
         # "" (the default): under the root the proc tree is in, so a recorded or
         # chroot tree reads its own util-vserver config and cgroup mount.
         root = os.path.dirname(os.path.normpath(proc_root))
-        optional_path = lambda v: self.path_value(v) if self.string(v) else ""  # noqa: E731
-        vservers_dir = (self.get(raw, loc, "vservers_dir", optional_path, "")
+        vservers_dir = (self.get(raw, loc, "vservers_dir", self.optional_path, "")
                         or os.path.join(root, "etc", "vservers"))
-        cgroup_root = (self.get(raw, loc, "cgroup_root", optional_path, "")
+        cgroup_root = (self.get(raw, loc, "cgroup_root", self.optional_path, "")
                        or os.path.join(root, "sys", "fs", "cgroup"))
         return CollectorConfig(
             interval=self.get(raw, loc, "interval", self.duration_at_least_1s, d.interval),
