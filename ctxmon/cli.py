@@ -12,6 +12,8 @@ import sys
 from collector import SOURCES, build_source
 from collector.snapshot import Snapshot
 
+from .config import ConfigError, load_config
+
 EXIT_USAGE = 2  # bad input or config: one line on stderr, nothing written
 
 log = logging.getLogger("ctxmon")
@@ -118,18 +120,17 @@ def cmd_stat(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from .config import load_config
-
-    cfg = load_config(args.config)
+    load_config(args.config)
     print(f"{args.config}: OK")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config
     from .daemon import Daemon
 
     cfg = load_config(args.config)
+    if not args.verbose:
+        logging.getLogger().setLevel(cfg.log.level.upper())
     return Daemon(cfg, config_path=args.config).run()
 
 
@@ -197,11 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"ctxmon: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except Exception as e:  # config errors and friends carry their own one-line text
-        if type(e).__name__ == "ConfigError":
-            print(f"ctxmon: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        raise
+    except ConfigError as e:  # already one line: FILE:LINE: KEY: message
+        print(f"ctxmon: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

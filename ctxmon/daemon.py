@@ -51,7 +51,7 @@ def build_sampler(cfg: Config) -> Sampler:
         cgroup_root=c.cgroup_root,
         cgroup_hierarchy=c.cgroup_hierarchy,
         rules=[dict(r) for r in c.rules],
-        kernel_hz=None if c.kernel_hz == "auto" else c.kernel_hz,
+        kernel_hz=c.kernel_hz,
     )
     return Sampler(source, c.proc_root)
 
