@@ -85,7 +85,8 @@ class LiveCgroup:
             return f.read()
 
     def kill_all(self, timeout: float = 10.0) -> None:
-        """SIGKILL everything inside, reap our own children, wait until it is empty."""
+        """SIGKILL everything inside and every child spawned here (wherever it went
+        since), reap those children, and wait until the cgroup is empty."""
         kill_file = os.path.join(self.path, "cgroup.kill")
         if os.path.exists(kill_file):  # Linux 5.14+
             with open(kill_file, "w") as f:
@@ -97,8 +98,9 @@ class LiveCgroup:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            for p in self.popens:
+            for p in self.popens:  # ours even if they moved to another cgroup
                 if p.poll() is None:
+                    p.kill()
                     try:
                         p.wait(timeout=0.05)
                     except subprocess.TimeoutExpired:
