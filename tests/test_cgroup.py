@@ -716,3 +716,26 @@ def test_real_nested_cgroup_and_pid_cgroup_fallback(cgroup_factory, cgroup_v2_ro
         groups = src.assign(procs, errors)
         (ident,) = [i for i, members in groups.items() if any(m.pid == p.pid for m in members)]
         assert (ident.name, ident.key) == (os.path.basename(outer.rel), outer.rel), walk
+
+
+def test_v2_mount_from_mountinfo(tmp_path):
+    import cgroups
+
+    info = tmp_path / "mountinfo"
+    info.write_text(
+        "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n"
+        "33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct\n"
+        "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
+    )
+    assert cgroups.v2_mount(str(info)) == "/sys/fs/cgroup/unified"
+    info.write_text("29 23 0:26 / /sys/fs/cgroup rw shared:4 - cgroup2 cgroup2 rw,nsdelegate\n")
+    assert cgroups.v2_mount(str(info)) == "/sys/fs/cgroup"
+    info.write_text("33 31 0:30 / /sys/fs/cgroup/cpuacct rw - cgroup cgroup rw,cpuacct\n")
+    assert cgroups.v2_mount(str(info)) is None
+
+
+def test_cgroup_fixtures_skip_when_not_root(monkeypatch):
+    import cgroups
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert cgroups.unavailable_reason() == "real cgroups need root"
