@@ -117,7 +117,8 @@ def _uptime_ms(ctx: ContextSample, host_uptime: float) -> int:
         # and subtracts its oldest process's start.
         return int(host_uptime) * 1000 - _ms(ctx.first_process_start)
     if ctx.uptime_seconds is not None:
-        return int(ctx.uptime_seconds * 1000)  # the kernel's ns, truncated to ms
+        # Rounded: the float comes from centisecond figures (BiasUptime, /proc/uptime).
+        return _ms(ctx.uptime_seconds)
     return 0
 
 
