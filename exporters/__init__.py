@@ -1,0 +1,1 @@
+"""Sinks that take each `collector.snapshot.Snapshot`: RRD files, Prometheus, alerts."""
