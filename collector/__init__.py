@@ -14,12 +14,15 @@ def build_source(
     kind: str = "auto",
     proc_root: str = "/proc",
     vservers_dir: str | None = None,
-    cgroup_root: str = "/sys/fs/cgroup",
+    cgroup_root: str | None = None,
     cgroup_hierarchy: str = "auto",
     rules: list[dict] | None = None,
     kernel_hz: int | None = None,
 ) -> Source:
-    """Build the source named `kind` (`auto`: VServer when `<proc>/virtual` exists)."""
+    """Build the source named `kind` (`auto`: VServer when `<proc>/virtual` exists).
+
+    Paths left as None are taken under the tree's root, the parent of `proc_root`.
+    """
     if kind == "auto":
         kind = detect_source(proc_root)
     if kind == "vserver":

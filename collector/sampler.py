@@ -7,6 +7,7 @@ and what the kernel accounts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -144,6 +145,7 @@ class Sampler:
                 self._context(ident, members, acct, host_uptime, now, netns, errors)
             )
         self.cpu.end_poll((c.key for c in contexts), now)
+        contexts = _unique_labels(contexts)
         contexts.sort(key=_context_order)
         return Snapshot(
             timestamp=now,
@@ -271,6 +273,23 @@ class _NetNamespaces:
             path = f"{self.proc_root}/{pid}/net/dev"
             self._read[ns] = tuple(Sampler._net_dev(path, self.errors))
         return self._read[ns]
+
+
+def _unique_labels(contexts: list[ContextSample]) -> list[ContextSample]:
+    """Sinks key files and series on the label, so two contexts must never share one
+    (`system.slice/x.service` and `user.slice/.../x.service`): the one with the
+    smallest key keeps the name, the others get `~<ctx_id>` appended."""
+    by_label: dict[str, list[ContextSample]] = {}
+    for c in contexts:
+        by_label.setdefault(c.label, []).append(c)
+    if all(len(v) == 1 for v in by_label.values()):
+        return contexts
+    out = []
+    for same in by_label.values():
+        same.sort(key=lambda c: c.key)
+        out.append(same[0])
+        out.extend(dataclasses.replace(c, name=f"{c.label}~{c.ctx_id}") for c in same[1:])
+    return out
 
 
 def _context_order(c: ContextSample) -> tuple:

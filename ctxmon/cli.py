@@ -161,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--source", choices=("auto",) + SOURCES, default="auto",
                     help="how processes are grouped: vserver (xid), cgroup, or auto "
                     "(vserver when <proc>/virtual exists; default)")
-    st.add_argument("--cgroup-root", default="/sys/fs/cgroup", metavar="DIR",
-                    help="cgroup mount point (default /sys/fs/cgroup)")
+    st.add_argument("--cgroup-root", default=None, metavar="DIR",
+                    help="cgroup mount point (default <root>/sys/fs/cgroup)")
     st.add_argument("--json", action="store_true", help="print a JSON array instead")
     st.set_defaults(func=cmd_stat)
 

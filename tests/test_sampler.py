@@ -162,3 +162,18 @@ def test_context_with_its_own_network_namespace_reports_its_interfaces():
     finally:
         child.kill()
         child.wait()
+
+
+def test_contexts_sharing_a_name_get_distinct_labels(tmp_path):
+    _tree(tmp_path, [P(11, 1, 1, 1), P(20, 1, 1, 1)])
+
+    class SameName(TwoContexts):
+        def __init__(self):
+            self.kernel_cpu = None
+            self.a = ContextIdentity("system.slice/x.service", "x.service", "ab12cd", "test")
+            self.b = ContextIdentity("user.slice/x.service", "x.service", "ef34ab", "test")
+
+    snap = Sampler(SameName(), str(tmp_path),
+                   scanner=ProcessScanner(str(tmp_path), max_open=0)).sample()
+    assert sorted(c.label for c in snap.contexts) == ["x.service", "x.service~ef34ab"]
+    assert snap.context("x.service").key == "system.slice/x.service"
