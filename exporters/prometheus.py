@@ -1,0 +1,373 @@
+"""The Prometheus view of the latest snapshot: a custom prometheus_client Collector.
+
+Every `collect()` fetches the daemon's latest immutable Snapshot once and builds fresh
+metric families from it, so a scrape never walks `/proc`, concurrent scrapes are safe,
+and a context that is gone is simply absent from the next scrape (Prometheus then
+marks its series stale). No labelled metric children outlive their context, and no
+`_created` series are made (families are built without `created`).
+
+Optional cap: only the `max_contexts` contexts with the most CPU seconds are exported
+by name; the rest are summed into `context="other"`. Its counters are accumulated from
+per-context increases, so they stay monotonic while contexts move in and out of it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from collector.sampler import DEPARTED_STATE_SECONDS
+from collector.snapshot import ContextSample, Snapshot
+
+OTHER = "other"  # the context label of the contexts folded by the cap
+
+
+def _version() -> str:
+    try:
+        from ctxmon import __version__
+
+        return __version__
+    except ImportError:  # exporters used without the ctxmon package
+        return "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class SelfMetrics:
+    """The daemon's own figures, as the daemon knows them at scrape time.
+
+    Per-source file errors and the number of folded contexts are not here: the
+    collector reads them from the snapshot it exports, so they always match it.
+    """
+
+    poll_duration_seconds: float | None = None  # the last poll, sampling and sinks
+    last_poll_timestamp_seconds: float | None = None  # epoch seconds the last poll ended
+    rrd_write_errors: int = 0  # RRD updates that failed in the last poll
+    polls_total: int = 0
+    missed_polls_total: int = 0  # polls skipped because the previous one ran late
+    poll_failures_total: int = 0  # polls that raised and produced no snapshot
+
+
+# name (without _total for counters) -> (type, help, label names). The one place the
+# exported metrics are defined; describe() and the README table come from here.
+FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    # per context
+    "ctxmon_context_cpu_seconds": (
+        "counter", "CPU seconds used by the context's processes, including exited ones.",
+        ("context", "mode")),
+    "ctxmon_context_memory_rss_bytes": (
+        "gauge", "Resident set size summed over the context's processes.", ("context",)),
+    "ctxmon_context_memory_virtual_bytes": (
+        "gauge", "Virtual memory size summed over the context's processes.", ("context",)),
+    "ctxmon_context_processes": (
+        "gauge", "Processes (thread-group leaders) in the context.", ("context",)),
+    "ctxmon_context_threads": ("gauge", "Threads in the context.", ("context",)),
+    "ctxmon_context_start_time_seconds": (
+        "gauge", "When the context started, in seconds since the epoch.", ("context",)),
+    "ctxmon_context_info": (
+        "gauge", "Identity of the context: id is the VServer xid or the cgroup path, "
+        "source the context source (vserver, cgroup).", ("context", "id", "source")),
+    "ctxmon_context_resource_usage": (
+        "gauge", "Current use of a limited resource (bytes for memory-like resources, "
+        "else a count).", ("context", "resource")),
+    "ctxmon_context_resource_usage_max": (
+        "gauge", "High-water mark of a limited resource's use.", ("context", "resource")),
+    "ctxmon_context_resource_usage_min": (
+        "gauge", "Low-water mark of a limited resource's use (VServer 2.2+).",
+        ("context", "resource")),
+    "ctxmon_context_limit": (
+        "gauge", "Limit of a resource, type soft or hard; absent when unlimited.",
+        ("context", "resource", "type")),
+    "ctxmon_context_limit_hits": (
+        "counter", "Times a limit refused the context something.", ("context", "resource")),
+    "ctxmon_context_network_receive_bytes": (
+        "counter", "Bytes received on an interface of the context's own network namespace.",
+        ("context", "interface")),
+    "ctxmon_context_network_transmit_bytes": (
+        "counter", "Bytes sent on an interface of the context's own network namespace.",
+        ("context", "interface")),
+    "ctxmon_context_network_receive_packets": (
+        "counter", "Packets received on an interface of the context's own network "
+        "namespace.", ("context", "interface")),
+    "ctxmon_context_network_transmit_packets": (
+        "counter", "Packets sent on an interface of the context's own network namespace.",
+        ("context", "interface")),
+    "ctxmon_context_socket_receive_bytes": (
+        "counter", "Payload bytes received through sockets of an address family "
+        "(VServer cacct).", ("context", "family")),
+    "ctxmon_context_socket_send_bytes": (
+        "counter", "Payload bytes sent through sockets of an address family (VServer cacct).",
+        ("context", "family")),
+    # host
+    "ctxmon_contexts": ("gauge", "Contexts in the latest snapshot.", ()),
+    **{
+        f"ctxmon_network_{d}_{what}": ("counter", f"{doc} a host network interface.", ("device",))
+        for d, docs in (
+            ("receive", ("Bytes received on", "Packets received on", "Receive errors on",
+                         "Received packets dropped by")),
+            ("transmit", ("Bytes sent on", "Packets sent on", "Transmit errors on",
+                          "Packets to send dropped by")),
+        )
+        for what, doc in zip(("bytes", "packets", "errors", "drops"), docs)
+    },
+    # the daemon itself
+    "ctxmon_poll_duration_seconds": ("gauge", "How long the last poll took.", ()),
+    "ctxmon_last_poll_timestamp_seconds": (
+        "gauge", "When the last poll ended, in seconds since the epoch.", ()),
+    "ctxmon_poll_errors": (
+        "gauge", "Files skipped in the last poll (unreadable or malformed), per source.",
+        ("source",)),
+    "ctxmon_rrd_write_errors": ("gauge", "RRD updates that failed in the last poll.", ()),
+    "ctxmon_polls": ("counter", "Polls done since the daemon started.", ()),
+    "ctxmon_missed_polls": (
+        "counter", "Polls skipped because the previous one or the host was too slow.", ()),
+    "ctxmon_poll_failures": ("counter", "Polls that failed and produced no snapshot.", ()),
+    "ctxmon_contexts_folded": (
+        "gauge", f"Contexts summed into context=\"{OTHER}\" by the export cap.", ()),
+    "ctxmon_build_info": ("gauge", "ctxmon's version; always 1.", ("version",)),
+}
+
+_FAMILY_CLASS = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
+
+
+def label_value(s: str) -> str:
+    """Any name as a valid label value: bytes that were not UTF-8 (kept as surrogates
+    by the sources) and NULs become U+FFFD; the exposition escapes the rest."""
+    if s.isascii() and "\0" not in s:
+        return s
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\0", "\ufffd")
+
+
+def unique_labels(contexts: Iterable[ContextSample], reserved: str | None = None) -> list[str]:
+    """The `context` label of each context, made unique: a label already taken (or
+    equal to `reserved`) gets its short id appended, `name#id`, so two contexts never
+    make one series."""
+    out: list[str] = []
+    taken = {reserved} if reserved else set()
+    for c in contexts:
+        label = label_value(c.label)
+        if label in taken:
+            base = f"{label}#{label_value(c.ctx_id)}"
+            label, n = base, 1
+            while label in taken:
+                n += 1
+                label = f"{base}.{n}"
+        taken.add(label)
+        out.append(label)
+    return out
+
+
+# --------------------------------------------------------------------------- rows
+# A context's samples as rows: (family, label values after `context`, value).
+
+Row = tuple[str, tuple[str, ...], float]
+
+
+def _summed_rows(c: ContextSample) -> Iterator[Row]:
+    """The samples that stay meaningful when contexts are summed into `other`."""
+    yield "ctxmon_context_cpu_seconds", ("user",), c.cpu_user_seconds
+    yield "ctxmon_context_cpu_seconds", ("system",), c.cpu_system_seconds
+    yield "ctxmon_context_memory_rss_bytes", (), c.rss_bytes
+    yield "ctxmon_context_memory_virtual_bytes", (), c.vsz_bytes
+    yield "ctxmon_context_processes", (), c.processes
+    yield "ctxmon_context_threads", (), c.threads
+    for i in c.interfaces:
+        name = (label_value(i.name),)
+        yield "ctxmon_context_network_receive_bytes", name, i.rx_bytes
+        yield "ctxmon_context_network_transmit_bytes", name, i.tx_bytes
+        yield "ctxmon_context_network_receive_packets", name, i.rx_packets
+        yield "ctxmon_context_network_transmit_packets", name, i.tx_packets
+    for s in c.sockets:
+        fam = (label_value(s.family),)
+        yield "ctxmon_context_socket_receive_bytes", fam, s.recv_bytes
+        yield "ctxmon_context_socket_send_bytes", fam, s.send_bytes
+
+
+def _own_rows(c: ContextSample) -> Iterator[Row]:
+    """Samples of one context that make no sense summed (identity, limits)."""
+    if c.start_time is not None:
+        yield "ctxmon_context_start_time_seconds", (), c.start_time
+    yield "ctxmon_context_info", (label_value(c.key), label_value(c.source)), 1
+    for lim in c.limits:
+        res = (label_value(lim.resource),)
+        yield "ctxmon_context_resource_usage", res, lim.current
+        if lim.maximum is not None:
+            yield "ctxmon_context_resource_usage_max", res, lim.maximum
+        if lim.minimum is not None:
+            yield "ctxmon_context_resource_usage_min", res, lim.minimum
+        if lim.soft is not None:
+            yield "ctxmon_context_limit", res + ("soft",), lim.soft
+        if lim.hard is not None:
+            yield "ctxmon_context_limit", res + ("hard",), lim.hard
+        yield "ctxmon_context_limit_hits", res, lim.hits
+
+
+class _OtherCounters:
+    """Monotonic counters for `other`.
+
+    Summing the folded contexts' counters afresh would jump down whenever a context
+    left `other` (a false counter reset). Instead each folded context adds what it
+    grew since the previous collect (all of its value when first seen), and a
+    context leaving takes nothing away. State advances only with newer snapshots,
+    so concurrent scrapes of the same or an older snapshot add nothing twice.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._snapshot_time: float | None = None
+        self._last: dict[tuple[str, str, tuple[str, ...]], float] = {}  # (key, family, labels)
+        self._last_seen: dict[str, float] = {}  # context key -> snapshot time
+        self._total: dict[tuple[str, tuple[str, ...]], float] = {}  # (family, labels)
+
+    def update(
+        self, snap: Snapshot, folded_keys: set[str]
+    ) -> dict[tuple[str, tuple[str, ...]], float]:
+        with self._lock:
+            if self._snapshot_time is None or snap.timestamp > self._snapshot_time:
+                self._advance(snap, folded_keys)
+            return dict(self._total)
+
+    def _advance(self, snap: Snapshot, folded_keys: set[str]) -> None:
+        now = snap.timestamp
+        self._snapshot_time = now
+        last, total = self._last, self._total
+        for c in snap.contexts:
+            self._last_seen[c.key] = now
+            folded = c.key in folded_keys
+            for fam, labels, value in _summed_rows(c):
+                if FAMILIES[fam][0] != "counter":
+                    continue
+                k = (c.key, fam, labels)
+                prev = last.get(k)
+                if folded:
+                    # A counter that went down restarted (e.g. an interface recreated):
+                    # all of its new value is new growth.
+                    grew = value if prev is None or value < prev else value - prev
+                    total[(fam, labels)] = total.get((fam, labels), 0.0) + grew
+                last[k] = value
+        # Keep departed contexts' last values as long as the sampler keeps their
+        # counters, so one coming back does not count its history twice.
+        gone = {k for k, t in self._last_seen.items() if now - t > DEPARTED_STATE_SECONDS}
+        if gone:
+            for k in gone:
+                del self._last_seen[k]
+            for k in [k for k in last if k[0] in gone]:
+                del last[k]
+
+
+def _new_family(name: str, labels: tuple[str, ...] | None = None) -> Metric:
+    typ, doc, names = FAMILIES[name]
+    full = name + "_total" if typ == "counter" else name
+    return _FAMILY_CLASS[typ](full, doc, labels=names if labels is None else labels)
+
+
+class SnapshotCollector(Collector):
+    """Exports the snapshot `get_snapshot()` returns (None before the first poll)."""
+
+    def __init__(
+        self,
+        get_snapshot: Callable[[], Snapshot | None],
+        get_self_metrics: Callable[[], SelfMetrics],
+        max_contexts: int | None = None,
+        version: str | None = None,
+    ):
+        if max_contexts is not None and max_contexts < 1:
+            raise ValueError("max_contexts must be at least 1 (or None for no cap)")
+        self.get_snapshot = get_snapshot
+        self.get_self_metrics = get_self_metrics
+        self.max_contexts = max_contexts
+        self.version = version if version is not None else _version()
+        self._other = _OtherCounters()
+
+    def describe(self) -> list[Metric]:
+        """The families, empty: registration needs no snapshot and no walk."""
+        return [_new_family(name) for name in FAMILIES]
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.get_snapshot()
+        me = self.get_self_metrics()
+        fams = {name: _new_family(name) for name in FAMILIES}
+
+        def add(name: str, labels: Iterable[str], value: float) -> None:
+            fams[name].add_metric(list(labels), value)
+
+        folded_count = 0
+        if snap is not None:
+            folded_count = self._contexts(snap, add)
+            add("ctxmon_contexts", (), len(snap.contexts))
+            for i in snap.host_interfaces:
+                dev = (label_value(i.name),)
+                for d, b, p, e, dr in (
+                    ("receive", i.rx_bytes, i.rx_packets, i.rx_errors, i.rx_drops),
+                    ("transmit", i.tx_bytes, i.tx_packets, i.tx_errors, i.tx_drops),
+                ):
+                    add(f"ctxmon_network_{d}_bytes", dev, b)
+                    add(f"ctxmon_network_{d}_packets", dev, p)
+                    add(f"ctxmon_network_{d}_errors", dev, e)
+                    add(f"ctxmon_network_{d}_drops", dev, dr)
+            # The usual sources always have a series (0 when clean), so an alert on
+            # `> 0` sees a change of value rather than a series appearing.
+            errors = dict.fromkeys(("procfs", "net", snap.source), 0)
+            errors.update(snap.errors)
+            for src, n in sorted(errors.items()):
+                add("ctxmon_poll_errors", (label_value(src),), n)
+        if me.poll_duration_seconds is not None:
+            add("ctxmon_poll_duration_seconds", (), me.poll_duration_seconds)
+        if me.last_poll_timestamp_seconds is not None:
+            add("ctxmon_last_poll_timestamp_seconds", (), me.last_poll_timestamp_seconds)
+        add("ctxmon_rrd_write_errors", (), me.rrd_write_errors)
+        add("ctxmon_polls", (), me.polls_total)
+        add("ctxmon_missed_polls", (), me.missed_polls_total)
+        add("ctxmon_poll_failures", (), me.poll_failures_total)
+        if self.max_contexts is not None:
+            add("ctxmon_contexts_folded", (), folded_count)
+        add("ctxmon_build_info", (label_value(self.version),), 1)
+        for fam in fams.values():
+            if fam.samples:
+                yield fam
+
+    def _contexts(self, snap: Snapshot, add: Callable[[str, Iterable[str], float], None]) -> int:
+        """Add every context's samples; returns how many were folded into `other`."""
+        contexts = snap.contexts
+        folded: list[ContextSample] = []
+        cap = self.max_contexts
+        if cap is not None and len(contexts) > cap:
+            ranked = sorted(
+                contexts, key=lambda c: (-(c.cpu_user_seconds + c.cpu_system_seconds), c.label)
+            )
+            keep = {id(c) for c in ranked[:cap]}
+            folded = [c for c in contexts if id(c) not in keep]
+            contexts = tuple(c for c in contexts if id(c) in keep)
+        labels = unique_labels(contexts, reserved=OTHER if cap is not None else None)
+        for label, c in zip(labels, contexts):
+            for rows in (_summed_rows(c), _own_rows(c)):
+                for fam, rest, value in rows:
+                    add(fam, (label, *rest), value)
+        if cap is not None:
+            # Always advanced while capping, so growth is tracked from the first
+            # collect even for contexts that are folded only later.
+            counters = self._other.update(snap, {c.key for c in folded})
+            if folded:
+                gauges: dict[tuple[str, tuple[str, ...]], float] = {}
+                for c in folded:
+                    for fam, rest, value in _summed_rows(c):
+                        if FAMILIES[fam][0] == "gauge":
+                            gauges[(fam, rest)] = gauges.get((fam, rest), 0) + value
+                for (fam, rest), value in (*gauges.items(), *counters.items()):
+                    add(fam, (OTHER, *rest), value)
+        return len(folded)
+
+
+def build_registry(collector: SnapshotCollector, process_metrics: bool = True
+                   ) -> CollectorRegistry:
+    """A private registry with `collector` and, node-exporter style, the daemon's own
+    `process_*` figures (CPU, memory, open fds). Nothing goes to the global registry."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(collector)
+    if process_metrics:
+        ProcessCollector(registry=registry)
+    return registry
