@@ -522,8 +522,9 @@ class CgroupSource(Source):
         pid_paths = walk_hierarchy(self.hierarchy_dir, errors) if self.walk else {}
         cache = self._proc_paths
         live_keys: set[tuple[int, int]] = set()
-        idents: dict[str, ContextIdentity] = {}
-        groups: dict[ContextIdentity, list[ProcStat]] = {}
+        # Group by path first (a str hashes once and caches it), then paths to
+        # identities: hashing a ContextIdentity per process costs more than the rest.
+        by_path: dict[str, list[ProcStat]] = {}
         for p in procs:
             path = pid_paths.get(p.pid)
             if path is None:
@@ -537,10 +538,20 @@ class CgroupSource(Source):
                         path = cache[k] = self._read_pid_cgroup(p.pid, errors)
                     except _Gone:
                         continue
-            ident = idents.get(path or "")
-            if ident is None:
-                ident = idents[path or ""] = self._identity(path or "", errors)
-            groups.setdefault(ident, []).append(p)
+                path = path or ""
+            members = by_path.get(path)
+            if members is None:
+                by_path[path] = [p]
+            else:
+                members.append(p)
+        idents: dict[str, ContextIdentity] = {}
+        groups: dict[ContextIdentity, list[ProcStat]] = {}
+        for path, members in by_path.items():
+            ident = idents[path] = self._identity(path, errors)
+            if ident in groups:
+                groups[ident].extend(members)
+            else:
+                groups[ident] = members
         for k in cache.keys() - live_keys:
             del cache[k]
         for path in self._matches.keys() - idents.keys():

@@ -10,6 +10,7 @@ and the pid is opened afresh.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import resource
@@ -154,65 +155,85 @@ class ProcessScanner:
             pass
 
     def scan(self, skip_pid: int | None = None) -> ProcessScan:
+        # The hot path: everything is a local name, the stat line is parsed inline
+        # (same rules as parse_stat, which stays the reference and the error path),
+        # and the cyclic GC is paused: thousands of fresh tuples would trigger it
+        # many times per poll for nothing (tuples of ints hold no cycles).
         root = self.proc_root
         fds = self._fds
+        kept: dict[int, int] = {}
+        max_open = self.max_open
         pread = os.pread
+        new = tuple.__new__
         procs: list[ProcStat] = []
         append = procs.append
         errors = vanished = 0
-        seen: set[int] = set()
-        for name in os.listdir(root):
-            if not name.isdigit():
-                continue
-            pid = int(name)
-            if pid == skip_pid:
-                continue
-            seen.add(pid)
-            data = b""
-            fd = fds.get(pid)
-            if fd is not None:
-                try:
-                    data = pread(fd, 1024, 0)
-                except OSError:
-                    data = b""
-                if not data:  # the task behind this fd is gone; the pid may be reused
-                    os.close(fd)
-                    del fds[pid]
-                    fd = None
-            if fd is None:
-                try:
-                    fd = os.open(f"{root}/{name}/stat", os.O_RDONLY | os.O_CLOEXEC)
-                except OSError as e:
-                    if e.errno in _GONE:
-                        vanished += 1
-                    else:
-                        errors += 1
-                        log.debug("%s/%s/stat: %s", root, name, e.strerror)
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for name in os.listdir(root):
+                if not name.isdigit():
                     continue
-                try:
-                    data = pread(fd, 1024, 0)
-                except OSError as e:
-                    data = b""
-                    if e.errno not in _GONE:
-                        errors += 1
-                        log.debug("%s/%s/stat: %s", root, name, e.strerror)
+                pid = int(name)
+                if pid == skip_pid:
+                    continue
+                data = b""
+                fd = fds.pop(pid, None)
+                if fd is not None:
+                    try:
+                        data = pread(fd, 1024, 0)
+                    except OSError:
+                        pass
+                    if not data:  # the task behind this fd is gone; the pid may be reused
+                        os.close(fd)
+                        fd = None
+                if fd is None:
+                    try:
+                        fd = os.open(f"{root}/{name}/stat", os.O_RDONLY | os.O_CLOEXEC)
+                    except OSError as e:
+                        if e.errno in _GONE:
+                            vanished += 1
+                        else:
+                            errors += 1
+                            log.debug("%s/%s/stat: %s", root, name, e.strerror)
+                        continue
+                    try:
+                        data = pread(fd, 1024, 0)
+                    except OSError as e:
+                        if e.errno not in _GONE:
+                            errors += 1
+                            log.debug("%s/%s/stat: %s", root, name, e.strerror)
+                            os.close(fd)
+                            continue
+                    if not data:
+                        vanished += 1
                         os.close(fd)
                         continue
-                if not data:
-                    vanished += 1
-                    os.close(fd)
-                    continue
-                if len(fds) < self.max_open:
-                    fds[pid] = fd
+                if len(kept) < max_open:
+                    kept[pid] = fd
                 else:
                     os.close(fd)
-            try:
-                append(parse_stat(pid, data))
-            except ParseError as e:
-                errors += 1
-                log.debug("%s/%d/stat: %s", root, pid, e)
-        for pid in fds.keys() - seen:
-            os.close(fds.pop(pid))
+                i = data.rfind(b")")
+                f = data[i + 2 :].split(None, 22)
+                try:
+                    if i < 0:
+                        raise ValueError
+                    append(new(ProcStat, (
+                        pid, int(f[19]), int(f[11]), int(f[12]), int(f[13]), int(f[14]),
+                        int(f[17]), int(f[20]), int(f[21]),
+                    )))
+                except (IndexError, ValueError):
+                    errors += 1
+                    try:
+                        parse_stat(pid, data)
+                    except ParseError as e:
+                        log.debug("%s/%d/stat: %s", root, pid, e)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        for fd in fds.values():  # processes no longer listed
+            os.close(fd)
+        self._fds = kept
         return ProcessScan(procs, errors, vanished)
 
 
