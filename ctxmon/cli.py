@@ -114,6 +114,7 @@ def cmd_stat(args: argparse.Namespace) -> int:
         from collector.vserverstat import format_table
 
         sys.stdout.write(format_table(snap))
+    sys.stdout.flush()
     for src, n in sorted(snap.errors.items()):
         log.warning("%d %s file(s) skipped (unreadable or malformed); -v shows which", n, src)
     return 0

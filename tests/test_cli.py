@@ -1,0 +1,70 @@
+"""The `ctxmon` command as an admin runs it: exit codes, one-line errors, output."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(__file__)
+VS20 = os.path.join(HERE, "fixtures", "vs20")
+
+
+def ctxmon(*args, check=False):
+    return subprocess.run([sys.executable, "-m", "ctxmon.cli", *args],
+                          capture_output=True, text=True, check=check, timeout=60)
+
+
+def test_help_explains_the_commands():
+    r = ctxmon("--help")
+    assert r.returncode == 0
+    for cmd in ("stat", "run", "check-config"):
+        assert cmd in r.stdout
+    r = ctxmon("stat", "--help")
+    assert "--proc-root" in r.stdout and "--json" in r.stdout
+
+
+def test_no_command_is_a_usage_error():
+    r = ctxmon()
+    assert r.returncode == 2
+
+
+@pytest.mark.parametrize("root", ["/nonexistent/proc", "EMPTY"])
+def test_stat_on_a_missing_or_foreign_root_is_one_line_exit_2(root, tmp_path):
+    if root == "EMPTY":
+        root = str(tmp_path)
+    r = ctxmon("stat", "--proc-root", root)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and root in lines[0] and "Traceback" not in r.stderr
+
+
+def test_stat_unknown_source_is_a_usage_error():
+    r = ctxmon("stat", "--source", "docker")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_stat_json_on_a_vserver_tree_matches_the_table():
+    table = ctxmon("stat", "--proc-root", os.path.join(VS20, "proc"), check=True).stdout
+    rows = json.loads(ctxmon("stat", "--json", "--proc-root", os.path.join(VS20, "proc"),
+                             check=True).stdout)
+    lines = table.splitlines()
+    assert lines[0].split() == ["CTX", "PROC", "VSZ", "RSS", "userTIME", "sysTIME",
+                                "UPTIME", "NAME"]
+    assert [str(r["id"]) for r in rows] == [line.split()[0] for line in lines[1:]]
+    assert [r["processes"] for r in rows] == [int(line.split()[1]) for line in lines[1:]]
+    for r in rows:
+        for key in ("context", "name", "id", "processes", "threads", "vsz_bytes", "rss_bytes",
+                    "cpu_user_seconds", "cpu_system_seconds", "uptime_seconds", "interfaces"):
+            assert key in r
+        assert r["threads"] >= r["processes"]
+    root = next(r for r in rows if r["id"] == 0)
+    assert root["name"] == "root server" and root["source"] == "vserver"
+
+
+def test_stat_live_host_lists_this_test_process():
+    rows = json.loads(ctxmon("stat", "--json", "--source", "cgroup", check=True).stdout)
+    assert sum(r["processes"] for r in rows) >= 2
+    assert all(r["rss_bytes"] >= 0 and r["cpu_user_seconds"] >= 0 for r in rows)
