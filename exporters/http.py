@@ -158,6 +158,8 @@ class BasicAuth:
 class _Handler(BaseHTTPRequestHandler):
     server: "_Server"
     sys_version = ""  # do not announce the Python version
+    # Errors to unparsable request lines get a status line too (not HTTP/0.9's bare body).
+    default_request_version = "HTTP/1.0"
     disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server's name)
@@ -402,7 +404,7 @@ class MetricsServer:
         self._httpd = _Server(sockaddr, family, self)
         self._stopping.clear()
         self._threads = [
-            threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.5},
+            threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.25},
                              name="ctxmon-http", daemon=True),
             threading.Thread(target=self._watchdog, name="ctxmon-http-watchdog", daemon=True),
         ]

@@ -143,15 +143,19 @@ def label_value(s: str) -> str:
 
 
 def unique_labels(contexts: Iterable[ContextSample], reserved: str | None = None) -> list[str]:
-    """The `context` label of each context, made unique: a label already taken (or
-    equal to `reserved`) gets its short id appended, `name#id`, so two contexts never
+    """The `context` label of each context, made unique.
+
+    The sampler already gives contexts distinct labels; two can still meet here when
+    names differing only in non-UTF-8 bytes become the same label value, or when a
+    context is called like the cap's `reserved` bucket. A label already taken gets the
+    context's short id appended, `name~id` as the sampler does, so two contexts never
     make one series."""
     out: list[str] = []
     taken = {reserved} if reserved else set()
     for c in contexts:
         label = label_value(c.label)
         if label in taken:
-            base = f"{label}#{label_value(c.ctx_id)}"
+            base = f"{label}~{label_value(c.ctx_id)}"
             label, n = base, 1
             while label in taken:
                 n += 1
