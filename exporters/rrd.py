@@ -1,0 +1,920 @@
+"""RRD storage sink: one RRD file per context and group of series, one per host interface.
+
+Layout under the sink's directory (names made safe by `exporters.names.encode_name`,
+read back with `decode_name`; `rrd_path` and `list_rrd_files` are the way to find and
+label files, e.g. for graphs):
+
+    ctx/<context>/cpu.rrd        user, system           DERIVE  CPU microseconds
+    ctx/<context>/mem.rrd        rss, vsz               GAUGE   bytes
+    ctx/<context>/tasks.rrd      processes, threads     GAUGE   count
+    ctx/<context>/net-<if>.rrd   INTERFACE_DS           DERIVE  bytes, packets ...
+    host/if-<dev>.rrd            INTERFACE_DS           DERIVE
+    archive/<context>-<YYYYmmddHHMMSS>/   departed contexts (time of their last update, UTC)
+    archive/host/if-<dev>-<YYYYmmddHHMMSS>.rrd   departed host interfaces
+
+CPU time is stored as an integer count of microseconds (`int(seconds * 1e6)`), since
+DERIVE takes integers: the stored rate is microseconds of CPU per second, and
+rate / 1e6 is the CPU ratio (1.0 = one CPU busy). `fetch` applies that conversion.
+
+Kernel counters are DERIVE with min 0, so a counter reset gives one unknown point and
+never a spike; gauges are GAUGE with min 0. Heartbeat is 2 x step. Each file has
+AVERAGE, MIN and MAX archives covering at least 2 days at the step, 14 days at <= 30
+min per row, 62 days at <= 2 h and 2 years at <= 1 day (see `rra_layout`).
+
+With `daemon` set, files are created through rrdcached, validated through it, and a
+poll's updates are sent as one BATCH over its socket (the bindings would cost one
+round trip per file). There is no direct-write fallback while rrdcached is down, since
+its cache would then be stale: that poll's data is lost and counted.
+
+Faults of one file (disk full, read-only or vanished directory, corrupt or foreign
+file, immutable file, rrdcached down or restarted) never stop the others: each is
+counted in `error_count` and logged once when it starts and once when it clears;
+writing resumes by itself. Files this sink did not make are never overwritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import stat
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Iterable, NamedTuple
+
+import rrdtool
+
+from collector.snapshot import InterfaceSample, Snapshot
+
+from .names import decode_name, encode_name
+
+log = logging.getLogger(__name__)
+
+DAY = 86400
+CPU_SCALE = 1_000_000  # stored CPU unit: microseconds
+XFF = 0.5
+CONSOLIDATIONS = ("AVERAGE", "MIN", "MAX")
+# (time span each archive covers, longest time one row may stand for; None = the step)
+RETENTION = ((2 * DAY, None), (14 * DAY, 1800), (62 * DAY, 7200), (731 * DAY, DAY))
+MAINTENANCE_INTERVAL = 3600  # seconds between looks for departed contexts
+DEFAULT_RETENTION_SECONDS = 30 * DAY
+RRDCACHED_PORT = 42217
+
+CTX_DIR = "ctx"
+HOST_DIR = "host"
+ARCHIVE_DIR = "archive"
+
+INTERFACE_DS = (
+    "rx_bytes",
+    "tx_bytes",
+    "rx_packets",
+    "tx_packets",
+    "rx_errors",
+    "tx_errors",
+    "rx_drops",
+    "tx_drops",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FileKind:
+    """One kind of RRD file: its data sources and how to read them back."""
+
+    name: str  # cpu, mem, tasks, net (a context's interface), host-if
+    ds: tuple[str, ...]
+    ds_type: str  # DERIVE or GAUGE
+    unit: str  # of the values `fetch` returns
+    scale: float  # `fetch` multiplies stored values by this
+
+
+KINDS: dict[str, FileKind] = {
+    "cpu": FileKind("cpu", ("user", "system"), "DERIVE", "CPU seconds per second", 1 / CPU_SCALE),
+    "mem": FileKind("mem", ("rss", "vsz"), "GAUGE", "bytes", 1.0),
+    "tasks": FileKind("tasks", ("processes", "threads"), "GAUGE", "count", 1.0),
+    "net": FileKind("net", INTERFACE_DS, "DERIVE", "per second", 1.0),
+    "host-if": FileKind("host-if", INTERFACE_DS, "DERIVE", "per second", 1.0),
+}
+CONTEXT_KINDS = ("cpu", "mem", "tasks")
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def rrd_path(directory: str, kind: str, context: str | None = None, interface: str | None = None) -> str:
+    """Path of one RRD file. `kind` is a key of KINDS; names are the raw (decoded) ones.
+
+    cpu, mem, tasks need `context`; net needs `context` and `interface`; host-if needs
+    `interface`.
+    """
+    if kind in CONTEXT_KINDS and context is not None:
+        return os.path.join(directory, CTX_DIR, encode_name(context), kind + ".rrd")
+    if kind == "net" and context is not None and interface is not None:
+        return os.path.join(directory, CTX_DIR, encode_name(context), "net-" + encode_name(interface) + ".rrd")
+    if kind == "host-if" and interface is not None:
+        return os.path.join(directory, HOST_DIR, "if-" + encode_name(interface) + ".rrd")
+    raise ValueError(f"bad RRD file spec: kind={kind!r} context={context!r} interface={interface!r}")
+
+
+class RrdFile(NamedTuple):
+    """An RRD file found in the layout, with the names to label it by."""
+
+    path: str
+    kind: str
+    context: str | None  # decoded; ends with "…" when the name was too long to keep
+    interface: str | None
+
+
+def _identify_in_context(path: str, filename: str, context: str) -> RrdFile | None:
+    if not filename.endswith(".rrd"):
+        return None
+    stem = filename[: -len(".rrd")]
+    if stem in CONTEXT_KINDS:
+        return RrdFile(path, stem, context, None)
+    if stem.startswith("net-"):
+        try:
+            return RrdFile(path, "net", context, decode_name(stem[len("net-") :]))
+        except ValueError:
+            return None
+    return None
+
+
+def list_rrd_files(directory: str) -> list[RrdFile]:
+    """Every RRD file of the layout under `directory` (not the archive), sorted by path.
+
+    Entries whose names `encode_name` cannot have produced are not ours and are skipped.
+    """
+    found: list[RrdFile] = []
+    ctx_root = os.path.join(directory, CTX_DIR)
+    for entry in _scandir(ctx_root):
+        if not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            context = decode_name(entry.name)
+        except ValueError:
+            continue
+        for f in _scandir(entry.path):
+            if f.is_file(follow_symlinks=False):
+                rf = _identify_in_context(f.path, f.name, context)
+                if rf is not None:
+                    found.append(rf)
+    for f in _scandir(os.path.join(directory, HOST_DIR)):
+        if f.is_file(follow_symlinks=False) and f.name.startswith("if-") and f.name.endswith(".rrd"):
+            try:
+                found.append(RrdFile(f.path, "host-if", None, decode_name(f.name[3:-4])))
+            except ValueError:
+                continue
+    found.sort(key=lambda r: r.path)
+    return found
+
+
+def _scandir(path: str) -> list[os.DirEntry]:
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except OSError:
+        return []
+
+
+# ------------------------------------------------------------------------ definitions
+
+
+def rra_layout(step: int) -> tuple[tuple[int, int], ...]:
+    """(steps per row, rows) of each archive level, from RETENTION and the step."""
+    layout = []
+    for span, longest in RETENTION:
+        per_row = 1 if longest is None else max(1, longest // step)
+        rows = -(-span // (per_row * step))  # ceiling
+        layout.append((per_row, rows))
+    return tuple(layout)
+
+
+def definition_args(kind: str, step: int) -> list[str]:
+    """The DS and RRA arguments of `rrdtool create` for one kind of file."""
+    fk = KINDS[kind]
+    args = [f"DS:{ds}:{fk.ds_type}:{2 * step}:0:U" for ds in fk.ds]
+    for cf in CONSOLIDATIONS:
+        for per_row, rows in rra_layout(step):
+            args.append(f"RRA:{cf}:{XFF}:{per_row}:{rows}")
+    return args
+
+
+def _estimated_size(kind: str, step: int) -> int:
+    values = sum(rows for _, rows in rra_layout(step)) * len(CONSOLIDATIONS) * len(KINDS[kind].ds)
+    return 8 * values + 4096
+
+
+def _mismatch(info: dict, kind: FileKind, step: int) -> str | None:
+    """Why an existing file is not one of ours for this kind and step (None if it is)."""
+    if info.get("step") != step:
+        return f"step is {info.get('step')} s, not {step} s"
+    indexed = []
+    for key, value in info.items():
+        m = re.fullmatch(r"ds\[(.+)\]\.index", key)
+        if m:
+            indexed.append((value, m.group(1)))
+    names = tuple(name for _, name in sorted(indexed))
+    if names != kind.ds:
+        return f"data sources are {', '.join(names) or 'none'}, not {', '.join(kind.ds)}"
+    for ds in kind.ds:
+        if info.get(f"ds[{ds}].type") != kind.ds_type:
+            return f"data source {ds} is {info.get(f'ds[{ds}].type')}, not {kind.ds_type}"
+    return None
+
+
+def check_step(directory: str, step: int) -> str | None:
+    """An error message if RRD files under `directory` have another step than `step`.
+
+    For the config loader: a step that does not match existing files is refused, since
+    the sink would leave every such file alone. Unreadable files are ignored here.
+    """
+    for rf in list_rrd_files(directory):
+        try:
+            found = rrdtool.info(rf.path).get("step")
+        except rrdtool.OperationalError:
+            continue
+        if found != step:
+            return (
+                f"RRD files in {directory} have a step of {found} s (e.g. {rf.path}), "
+                f"but the configured step is {step} s: use step {found}, or another directory"
+            )
+    return None
+
+
+class Fetched(NamedTuple):
+    start: int
+    end: int
+    step: int
+    names: tuple[str, ...]
+    rows: list[tuple[float | None, ...]]  # in KINDS[kind].unit; None = unknown
+
+
+def fetch(
+    path: str,
+    start: int,
+    end: int,
+    cf: str = "AVERAGE",
+    resolution: int | None = None,
+    daemon: str | None = None,
+) -> Fetched:
+    """Read one file's series, converted to its kind's unit (CPU: ratio, not µs/s).
+
+    Through `daemon` when given, which flushes the file's pending updates first.
+    Raises rrdtool.OperationalError for an unreadable file.
+    """
+    args = [path, cf, "--start", str(int(start)), "--end", str(int(end))]
+    if resolution:
+        args += ["--resolution", str(int(resolution))]
+    if daemon:
+        args = ["--daemon", daemon, *args]
+    (s, e, st), names, rows = rrdtool.fetch(*args)
+    scale = KINDS["cpu"].scale if os.path.basename(path) == "cpu.rrd" else 1.0
+    if scale != 1.0:
+        rows = [tuple(None if v is None else v * scale for v in row) for row in rows]
+    return Fetched(s, e, st, tuple(names), list(rows))
+
+
+# ------------------------------------------------------------------------- rrdcached
+
+
+class _ProtocolError(Exception):
+    pass
+
+
+def _daemon_address(daemon: str) -> tuple[int, object]:
+    """(address family, address) of an rrdcached address as rrdtool spells it."""
+    if daemon.startswith("unix:"):
+        return socket.AF_UNIX, daemon[len("unix:") :]
+    if daemon.startswith("/"):
+        return socket.AF_UNIX, daemon
+    if daemon.startswith("["):
+        host, _, rest = daemon[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else RRDCACHED_PORT
+        return socket.AF_INET6, (host, port)
+    if daemon.count(":") == 1:
+        host, port = daemon.split(":")
+        return socket.AF_INET, (host or "localhost", int(port))
+    return socket.AF_INET, (daemon, RRDCACHED_PORT)
+
+
+class _Rrdcached:
+    """One connection to rrdcached speaking its line protocol (rrdcached(1))."""
+
+    def __init__(self, daemon: str, timeout: float):
+        family, address = _daemon_address(daemon)
+        if family == socket.AF_UNIX:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(address)
+            except OSError:
+                sock.close()
+                raise
+        else:
+            host, port = address
+            sock = socket.create_connection((host, port), timeout=timeout)
+        self._sock = sock
+        self._reader = sock.makefile("rb")
+
+    def close(self) -> None:
+        try:
+            self._reader.close()
+        finally:
+            self._sock.close()
+
+    def _line(self) -> str:
+        line = self._reader.readline()
+        if not line.endswith(b"\n"):
+            raise _ProtocolError("connection closed by rrdcached")
+        return line.decode("utf-8", "replace").rstrip("\n")
+
+    def _status(self) -> tuple[int, str]:
+        line = self._line()
+        head, _, text = line.partition(" ")
+        try:
+            return int(head), text
+        except ValueError:
+            raise _ProtocolError(f"unexpected reply {line!r}") from None
+
+    def command(self, line: str) -> tuple[int, list[str]]:
+        """Send one command; (status, lines that follow a positive status)."""
+        self._sock.sendall(line.encode("utf-8", "surrogateescape") + b"\n")
+        status, text = self._status()
+        extra = [self._line() for _ in range(status)] if status > 0 else []
+        return status, [text, *extra]
+
+    def start_batch(self) -> None:
+        status, text = self._status_after(b"BATCH\n")
+        if status != 0:
+            raise _ProtocolError(f"BATCH refused: {text}")
+
+    def _status_after(self, data: bytes) -> tuple[int, str]:
+        self._sock.sendall(data)
+        return self._status()
+
+    def finish_batch(self, commands: list[str]) -> dict[int, str]:
+        """Send the commands and the closing dot; {command number (from 1): error}."""
+        payload = "".join(commands) + ".\n"
+        count, _ = self._status_after(payload.encode("utf-8", "surrogateescape"))
+        if count < 0:
+            raise _ProtocolError("batch refused")
+        errors: dict[int, str] = {}
+        for _ in range(count):
+            head, _, message = self._line().partition(" ")
+            try:
+                errors[int(head)] = message
+            except ValueError:
+                raise _ProtocolError(f"unexpected batch error line {head} {message}") from None
+        return errors
+
+
+# ------------------------------------------------------------------------------ sink
+
+_REASONS = (
+    ("No space left", "no space left on device"),
+    ("Read-only file system", "read-only file system"),
+    ("Permission denied", "permission denied"),
+    ("Operation not permitted", "operation not permitted"),
+    ("No such file", "no such file or directory"),
+    ("Not a directory", "not a directory"),
+    ("Is a directory", "is a directory"),
+    ("illegal attempt to update", "time not after the file's last update"),
+)
+
+
+def _reason(message: str) -> str:
+    """A short, stable label for an error message, so that a fault is logged once."""
+    for needle, label in _REASONS:
+        if needle in message:
+            return label
+    return "error"
+
+
+def _stat_key(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns
+
+
+def _unwritable(path: str) -> str | None:
+    """Why `path` cannot be opened for writing (read-only fs, immutable, mode), or None."""
+    try:
+        os.close(os.open(path, os.O_WRONLY))
+    except OSError as e:
+        return f"{path}: {e.strerror}"
+    return None
+
+
+def _value(v: object) -> str:
+    try:
+        return str(int(v))  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return "U"  # NaN, inf, None: an unknown point rather than a failed update
+
+
+def _cpu(seconds: float) -> str:
+    try:
+        return str(int(seconds * CPU_SCALE))
+    except (TypeError, ValueError, OverflowError):
+        return "U"
+
+
+def _interface_values(i: InterfaceSample) -> str:
+    return ":".join(_value(getattr(i, ds)) for ds in INTERFACE_DS)
+
+
+CLOCK_BACK = "clock stepped back: updates skipped"
+
+
+class _File:
+    """What the sink knows of one RRD file."""
+
+    __slots__ = ("kind", "last", "checked", "invalid_key", "fault")
+
+    def __init__(self, kind: FileKind):
+        self.kind = kind
+        self.last: int | None = None  # time of its last update, as written or read
+        self.checked = False  # False: stat it (create or validate) before the next update
+        self.invalid_key: tuple | None = None  # stat of a file found unusable, to see it change
+        self.fault: str | None = None  # current fault category, logged when it changes
+
+
+class RrdSink:
+    """Writes each snapshot to RRD files (see the module doc for layout and faults).
+
+    `write(snapshot)` never raises for a fault of the files, the disk or rrdcached.
+    `error_count` counts data points lost to faults (a failed create or update, a
+    file left alone as corrupt or foreign, updates lost while rrdcached is down);
+    `skipped_count` counts points deliberately not written (same second as the
+    previous update, clock stepped back, a duplicate name in one snapshot).
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        step: int,
+        daemon: str | None = None,
+        retention_seconds: float = DEFAULT_RETENTION_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ):
+        if int(step) != step or step < 1:
+            raise ValueError(f"step must be a whole number of seconds >= 1, not {step!r}")
+        # Absolute and free of symlinks: rrdcached resolves relative paths against its
+        # own base directory, and with -B refuses paths through symlinks.
+        self.directory = os.path.realpath(directory)
+        if daemon and re.search(r"\s", self.directory):
+            raise ValueError(f"the rrdcached protocol cannot carry a path with blanks: {self.directory!r}")
+        self.step = int(step)
+        self.daemon = daemon or None
+        self.retention_seconds = retention_seconds
+        self.error_count = 0
+        self.skipped_count = 0
+        self._clock = clock
+        self._ctx_root = os.path.join(self.directory, CTX_DIR)
+        self._host_root = os.path.join(self.directory, HOST_DIR)
+        self._daemon_args: tuple[str, ...] = ("--daemon", self.daemon) if self.daemon else ()
+        self._timeout = float(min(30, max(5, self.step)))
+        self._conn: _Rrdcached | None = None
+        self._files: dict[str, _File] = {}
+        self._next_maintenance = float("-inf")
+        self._root_seen = False
+        self._global_faults: dict[str, str] = {}
+        self._duplicates_warned: set[str] = set()
+        self._entered: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        self._cleared: dict[str, list[str]] = defaultdict(list)
+
+    # ---------------------------------------------------------------- public
+
+    def write(self, snapshot: Snapshot) -> None:
+        """Store one snapshot; faults are counted and logged, never raised."""
+        try:
+            self._write(snapshot)
+        except Exception:  # a bug here must not stop polling; it is logged in full
+            log.exception("RRD sink: unexpected error")
+            self.error_count += 1
+        finally:
+            self._report()
+
+    def flush(self) -> bool:
+        """Ask rrdcached to write all pending updates (FLUSHALL; returns at once).
+
+        For SIGTERM. Uses a connection of its own, so it is safe to call from a signal
+        handler that interrupted `write`. True if rrdcached accepted it, or no daemon.
+        """
+        if not self.daemon:
+            return True
+        try:
+            conn = _Rrdcached(self.daemon, self._timeout)
+            try:
+                status, lines = conn.command("FLUSHALL")
+            finally:
+                conn.close()
+        except (OSError, _ProtocolError) as e:
+            log.warning("rrdcached %s: FLUSHALL failed: %s", self.daemon, e)
+            return False
+        if status < 0:
+            log.warning("rrdcached %s: FLUSHALL refused: %s", self.daemon, lines[0])
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the rrdcached connection (pending updates stay with rrdcached)."""
+        self._drop_connection()
+
+    # ------------------------------------------------------------ the poll
+
+    def _write(self, snapshot: Snapshot) -> None:
+        ts = int(snapshot.timestamp)
+        now = self._clock()
+        points = self._points(snapshot)
+        if not self._check_root():
+            self.error_count += len(points)
+            return
+        if now >= self._next_maintenance:
+            self._next_maintenance = now + MAINTENANCE_INTERVAL
+            self._maintain(snapshot, now)
+        if self.daemon:
+            self._write_daemon(points, ts)
+        else:
+            self._write_direct(points, ts)
+
+    def _points(self, snapshot: Snapshot) -> list[tuple[str, FileKind, str]]:
+        """(path, kind, "v1:v2...") of every file this snapshot updates."""
+        points: list[tuple[str, FileKind, str]] = []
+        seen: set[str] = set()
+
+        def add(path: str, kind: str, values: str) -> None:
+            if path in seen:
+                self.skipped_count += 1
+                if path not in self._duplicates_warned:
+                    self._duplicates_warned.add(path)
+                    log.warning("RRD: two contexts or interfaces map to %s in one poll: only the first is stored", path)
+                return
+            seen.add(path)
+            points.append((path, KINDS[kind], values))
+
+        for c in snapshot.contexts:
+            cdir = os.path.join(self._ctx_root, encode_name(c.name))
+            add(os.path.join(cdir, "cpu.rrd"), "cpu", f"{_cpu(c.cpu_user_seconds)}:{_cpu(c.cpu_system_seconds)}")
+            add(os.path.join(cdir, "mem.rrd"), "mem", f"{_value(c.rss_bytes)}:{_value(c.vsz_bytes)}")
+            add(os.path.join(cdir, "tasks.rrd"), "tasks", f"{_value(c.processes)}:{_value(c.threads)}")
+            for i in c.interfaces:
+                add(os.path.join(cdir, f"net-{encode_name(i.name)}.rrd"), "net", _interface_values(i))
+        for i in snapshot.host_interfaces:
+            add(os.path.join(self._host_root, f"if-{encode_name(i.name)}.rrd"), "host-if", _interface_values(i))
+        return points
+
+    def _write_direct(self, points: list[tuple[str, FileKind, str]], ts: int) -> None:
+        for path, kind, values in points:
+            f = self._ready(path, kind, ts)
+            if f is None:
+                continue
+            try:
+                rrdtool.update(path, f"{ts}:{values}")
+            except rrdtool.OperationalError as e:
+                self._fail(path, f, "update failed: " + _reason(str(e)), str(e))
+                f.checked = False  # look again: the file may have gone or changed
+            else:
+                f.last = ts
+                self._ok(path, f)
+
+    def _write_daemon(self, points: list[tuple[str, FileKind, str]], ts: int) -> None:
+        conn = self._connection()
+        if conn is None:
+            self.error_count += len(points)  # this poll's data is lost, not written directly
+            return
+        commands: list[str] = []
+        batch: list[tuple[str, _File]] = []
+        for path, kind, values in points:
+            f = self._ready(path, kind, ts)
+            if f is not None:
+                commands.append(f"UPDATE {path} {ts}:{values}\n")
+                batch.append((path, f))
+        if not batch:
+            return
+        try:
+            errors = self._batch(commands)
+        except (OSError, _ProtocolError) as e:
+            self._drop_connection()
+            self._set_global("rrdcached", "failed", f"rrdcached {self.daemon} failed during an update batch: {e}")
+            errors = None
+        if errors is None:
+            self.error_count += len(batch)  # lost; rrdcached may have taken part of it
+            return
+        for number, (path, f) in enumerate(batch, 1):
+            message = errors.get(number)
+            if message is None:
+                f.last = ts
+                self._ok(path, f)
+            else:
+                self._fail(path, f, "update refused by rrdcached: " + _reason(message), message)
+                f.checked = False
+
+    def _batch(self, commands: list[str]) -> dict[int, str] | None:
+        """Send one poll's updates as one BATCH: {command number: error}, or None if
+        rrdcached cannot be reached (already logged)."""
+        conn = self._connection()
+        if conn is None:
+            return None
+        try:
+            conn.start_batch()
+        except (OSError, _ProtocolError):
+            # A kept connection to an rrdcached that has restarted fails here, before
+            # any update was sent: reconnect once and go on.
+            self._drop_connection()
+            conn = self._connection()
+            if conn is None:
+                return None
+            conn.start_batch()
+        return conn.finish_batch(commands)
+
+    def _connection(self) -> _Rrdcached | None:
+        if self._conn is None:
+            try:
+                self._conn = _Rrdcached(self.daemon, self._timeout)  # type: ignore[arg-type]
+            except OSError as e:
+                self._set_global("rrdcached", "unreachable", f"cannot reach rrdcached {self.daemon}: {e}")
+                return None
+            self._set_global("rrdcached", None)
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except OSError:
+                pass
+            self._conn = None
+
+    # ---------------------------------------------------------- one file
+
+    def _ready(self, path: str, kind: FileKind, ts: int) -> _File | None:
+        """The file's state if `ts` may be written to it now, after creating or
+        validating it on first sight; None (counted) if not."""
+        f = self._files.get(path)
+        if f is None:
+            f = self._files[path] = _File(kind)
+        if f.invalid_key is not None:
+            key = _stat_key(path)
+            if key == f.invalid_key:
+                self.error_count += 1  # still the file found unusable: left alone
+                return None
+            f.invalid_key = None
+            f.checked = False
+        if self.daemon and f.checked and not os.access(path, os.W_OK):
+            # rrdcached takes updates for a file it already caches without looking at
+            # it, and reports a failed write only in its own log: so look here for a
+            # file deleted, made immutable or read-only since it was checked.
+            f.checked = False
+        if not f.checked and not self._examine(path, f, ts):
+            return None
+        if f.last is not None and ts <= f.last:
+            self.skipped_count += 1
+            if ts == f.last:
+                log.debug("RRD %s already updated at %d: skipped", path, ts)
+            else:
+                self._set_fault(path, f, CLOCK_BACK, f"time {ts} is before the last update {f.last}")
+            return None
+        return f
+
+    def _examine(self, path: str, f: _File, ts: int) -> bool:
+        """Create a missing file, or read an existing one's last update and check it is
+        ours (right step and data sources). False if it cannot be written (counted)."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return self._create(path, f, ts)
+        except OSError as e:
+            self._fail(path, f, "cannot examine: " + (e.strerror or "error").lower(), str(e))
+            return False
+        if not stat.S_ISREG(st.st_mode):
+            return self._invalid(path, f, "not a regular file")
+        try:
+            info = rrdtool.info(*self._daemon_args, path)
+        except rrdtool.OperationalError as e:
+            return self._invalid(path, f, f"not a readable RRD file: {e}")
+        problem = _mismatch(info, f.kind, self.step)
+        if problem:
+            return self._invalid(path, f, f"not a ctxmon {f.kind.name} file: {problem}")
+        if self.daemon:
+            unwritable = _unwritable(path)
+            if unwritable:
+                self._fail(path, f, "not writable: " + _reason(unwritable), unwritable)
+                return False
+        f.last = int(info["last_update"])
+        f.checked = True
+        return True
+
+    def _invalid(self, path: str, f: _File, detail: str) -> bool:
+        f.invalid_key = _stat_key(path)
+        self._fail(path, f, "file left alone (corrupt or foreign)", detail)
+        return False
+
+    def _create(self, path: str, f: _File, ts: int) -> bool:
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        except OSError as e:
+            self._fail(path, f, "create failed: " + (e.strerror or "error").lower(), str(e))
+            return False
+        start = ts - self.step
+        if self.daemon:
+            # rrdcached may still cache updates for a file of that name that was
+            # deleted: they would fail against the new file, and the new ones with them.
+            self._forget(path)
+        try:
+            rrdtool.create(
+                *self._daemon_args,
+                path,
+                "--no-overwrite",  # never clobber a file that appeared meanwhile
+                "--start",
+                str(start),
+                "--step",
+                str(self.step),
+                *definition_args(f.kind.name, self.step),
+            )
+        except rrdtool.OperationalError as e:
+            message = str(e)
+            reason = _reason(message)
+            if reason == "error" and self._short_of_space(path, f.kind.name):
+                # librrd reports a full disk with an empty message
+                reason = "no space left on device"
+            self._fail(path, f, "create failed: " + reason, message or reason)
+            return False
+        log.debug("RRD created %s", path)
+        f.last = start
+        f.checked = True
+        self._ok(path, f)
+        return True
+
+    def _forget(self, path: str) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._conn.command(f"FORGET {path}")  # an error reply (not cached) is fine
+        except (OSError, _ProtocolError):
+            self._drop_connection()  # the next batch reconnects
+
+    def _short_of_space(self, path: str, kind: str) -> bool:
+        try:
+            vfs = os.statvfs(os.path.dirname(path))
+        except OSError:
+            return False
+        return vfs.f_bavail * vfs.f_frsize < _estimated_size(kind, self.step)
+
+    def _check_root(self) -> bool:
+        """The sink's directory exists, recreated if it vanished."""
+        if os.path.isdir(self.directory):
+            self._root_seen = True
+            self._set_global("directory", None)
+            return True
+        # Deleted under us: what was known of its files is void.
+        self._files.clear()
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as e:
+            self._set_global("directory", "missing", f"{self.directory} is missing and cannot be created: {e}")
+            return False
+        if self._root_seen:
+            log.warning("RRD directory %s had vanished: recreated", self.directory)
+        else:
+            log.info("RRD directory %s created", self.directory)
+        self._root_seen = True
+        self._set_global("directory", None)
+        return True
+
+    # -------------------------------------------------------- departed contexts
+
+    def _maintain(self, snapshot: Snapshot, now: float) -> None:
+        """Hourly: look again at files left alone, archive departed contexts."""
+        for f in self._files.values():
+            if f.invalid_key is not None:
+                f.invalid_key = None
+                f.checked = False
+        if self.daemon and self._connection() is None:
+            return  # rrdcached must forget a file before it moves: try next time
+        cutoff = now - self.retention_seconds
+        present = {encode_name(c.name) for c in snapshot.contexts}
+        for entry in _scandir(self._ctx_root):
+            if entry.name in present or not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                decode_name(entry.name)
+            except ValueError:
+                continue  # not ours
+            files = [e.path for e in _scandir(entry.path) if e.name.endswith(".rrd")]
+            last = max((self._last_update(p) for p in files), default=None)
+            if last is None:
+                last = _mtime(entry.path)
+            if last is not None and last < cutoff:
+                target = self._archive_target(entry.name, last, "")
+                self._archive(entry.path, files, target, f"context {decode_name(entry.name)!r}", last)
+        present_if = {f"if-{encode_name(i.name)}.rrd" for i in snapshot.host_interfaces}
+        for entry in _scandir(self._host_root):
+            if entry.name in present_if or not (entry.name.startswith("if-") and entry.name.endswith(".rrd")):
+                continue
+            last = self._last_update(entry.path)
+            if last is not None and last < cutoff:
+                target = self._archive_target(os.path.join(HOST_DIR, entry.name[:-4]), last, ".rrd")
+                self._archive(entry.path, [entry.path], target, f"host interface file {entry.name}", last)
+
+    def _last_update(self, path: str) -> float | None:
+        f = self._files.get(path)
+        known = f.last if f is not None and f.invalid_key is None else None
+        try:
+            on_disk: float | None = rrdtool.last(path)
+        except rrdtool.OperationalError:
+            on_disk = _mtime(path)
+        candidates = [t for t in (known, on_disk) if t is not None]
+        return max(candidates) if candidates else None
+
+    def _archive_target(self, name: str, last: float, suffix: str) -> str:
+        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(last))
+        base = os.path.join(self.directory, ARCHIVE_DIR, f"{name}-{stamp}")
+        target, n = base + suffix, 1
+        while os.path.lexists(target):
+            n += 1
+            target = f"{base}.{n}{suffix}"
+        return target
+
+    def _archive(self, source: str, files: Iterable[str], target: str, what: str, last: float) -> None:
+        try:
+            if self._conn is not None:
+                for p in files:
+                    self._conn.command(f"FLUSH {p}")
+                    self._conn.command(f"FORGET {p}")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.rename(source, target)
+        except (OSError, _ProtocolError) as e:
+            if isinstance(e, _ProtocolError) or isinstance(e, (ConnectionError, socket.timeout)):
+                self._drop_connection()
+            log.warning("RRD: could not archive departed %s (%s): %s", what, source, e)
+            return
+        prefix = source + os.sep
+        for p in [p for p in self._files if p == source or p.startswith(prefix)]:
+            del self._files[p]
+        log.info(
+            "RRD: archived departed %s, last updated %s, to %s",
+            what,
+            time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last)),
+            target,
+        )
+
+    # ------------------------------------------------------------ fault log
+
+    def _fail(self, path: str, f: _File, category: str, detail: str) -> None:
+        self.error_count += 1
+        self._set_fault(path, f, category, detail)
+
+    def _set_fault(self, path: str, f: _File, category: str, detail: str) -> None:
+        if f.fault != category:
+            f.fault = category
+            self._entered[category].append((path, detail))
+
+    def _ok(self, path: str, f: _File) -> None:
+        if f.fault is not None:
+            self._cleared[f.fault].append(path)
+            f.fault = None
+
+    def _set_global(self, key: str, category: str | None, detail: str = "") -> None:
+        """A fault of the whole sink (its directory, rrdcached), logged on change."""
+        previous = self._global_faults.get(key)
+        if category is None:
+            if previous is not None:
+                del self._global_faults[key]
+                log.info("RRD %s: recovered", key)
+        elif previous != category:
+            self._global_faults[key] = category
+            log.warning("RRD %s: %s", key, detail or category)
+
+    def _report(self) -> None:
+        """One log line per fault category that files entered or left in this poll."""
+        for category, entries in self._entered.items():
+            paths = [p for p, _ in entries]
+            log.warning(
+                "RRD %s for %d file(s): %s%s (%s)",
+                category,
+                len(paths),
+                ", ".join(paths[:5]),
+                " ..." if len(paths) > 5 else "",
+                entries[0][1],
+            )
+        for category, paths in self._cleared.items():
+            log.info(
+                "RRD %s: cleared for %d file(s): %s%s",
+                category,
+                len(paths),
+                ", ".join(paths[:5]),
+                " ..." if len(paths) > 5 else "",
+            )
+        self._entered.clear()
+        self._cleared.clear()
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
