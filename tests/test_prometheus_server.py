@@ -1,0 +1,237 @@
+"""The exporter against a real Prometheus (Debian's `prometheus` package).
+
+One private Prometheus per module scrapes two exporters on loopback every second:
+`main` serves the snapshots a real cgroup sampler takes every second (the daemon's
+chain: source -> Sampler -> latest snapshot -> SnapshotCollector -> MetricsServer),
+`second` is another instance on another port, as a second host would be.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from collector import build_source
+from collector.procfs import CLK_TCK
+from collector.sampler import Sampler
+from collector.snapshot import ContextSample, Snapshot
+from exporters.http import MetricsServer
+from exporters.prometheus import SelfMetrics, SnapshotCollector, build_registry
+from promserver import PrometheusError, PrometheusServer, find_binary
+
+pytestmark = pytest.mark.skipif(
+    find_binary("prometheus") is None, reason="Debian package prometheus not installed"
+)
+
+
+class Poller:
+    """What `ctxmon run` does for the exporter: poll every second, keep the latest."""
+
+    def __init__(self, interval: float = 1.0):
+        self.sampler = Sampler(build_source("cgroup"))
+        self.interval = interval
+        self.latest: Snapshot | None = None
+        self.polls = 0
+        self.duration: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-poller", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            self.latest = self.sampler.sample()
+            self.polls += 1
+            self.duration = time.monotonic() - t0
+            self._stop.wait(max(0.0, self.interval - self.duration))
+
+    def self_metrics(self) -> SelfMetrics:
+        snap = self.latest
+        return SelfMetrics(
+            poll_duration_seconds=self.duration,
+            last_poll_timestamp_seconds=None if snap is None else snap.timestamp,
+            polls_total=self.polls,
+        )
+
+    def start(self) -> None:
+        self.latest = self.sampler.sample()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.sampler.close()
+
+
+def serve(poller: Poller) -> MetricsServer:
+    collector = SnapshotCollector(lambda: poller.latest, poller.self_metrics)
+    srv = MetricsServer("127.0.0.1:0", build_registry(collector))
+    srv.start()
+    return srv
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    poller = Poller()
+    poller.start()
+    servers = []
+    prom = None
+    try:
+        servers = [serve(poller), serve(poller)]
+        instances = [f"127.0.0.1:{s.port}" for s in servers]
+        prom = PrometheusServer(str(tmp_path_factory.mktemp("prometheus")), targets=instances)
+        prom.start()
+        prom.wait_for_targets(2)
+        yield prom, poller, servers, instances
+    finally:
+        if prom is not None:
+            prom.stop()
+        for s in servers:
+            s.stop()
+        poller.stop()
+
+
+def scrape(srv: MetricsServer) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's own user+system time, read independently of ctxmon."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def remove_cgroup(path: str) -> None:
+    """rmdir an emptied cgroup; the kernel may call it busy for a moment after the exit."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _context_named(poller: Poller, cgroup_rel: str) -> ContextSample | None:
+    snap = poller.latest
+    if snap is None:
+        return None
+    for c in snap.contexts:
+        if c.cgroup == cgroup_rel:
+            return c
+    return None
+
+
+def test_series_exist_cpu_rate_matches_a_burning_cgroup_and_departed_contexts_go_stale(
+        setup, cgroup_factory):
+    prom, poller, servers, instances = setup
+    inst = instances[0]
+    cg = cgroup_factory()
+    burner = cg.spawn([sys.executable, "-c", "while True: pass"])
+
+    # The sampler names the cgroup (the default rules name a service by its unit).
+    ctx = prom.wait_until(lambda: _context_named(poller, cg.rel), 10, "the test cgroup sampled")
+    sel = f'context="{ctx.label}",instance="{inst}"'
+    prom.wait_for_query(f"ctxmon_context_cpu_seconds_total{{{sel}}}")
+
+    # The series of the table are there for a real host.
+    names = {r["metric"]["__name__"] for r in prom.query(f'{{__name__=~"ctxmon_.+",'
+                                                         f'instance="{inst}"}}')}
+    for name in ("ctxmon_context_cpu_seconds_total", "ctxmon_context_memory_rss_bytes",
+                 "ctxmon_context_memory_virtual_bytes", "ctxmon_context_processes",
+                 "ctxmon_context_threads", "ctxmon_context_start_time_seconds",
+                 "ctxmon_context_info", "ctxmon_contexts", "ctxmon_network_receive_bytes_total",
+                 "ctxmon_network_transmit_bytes_total", "ctxmon_network_receive_packets_total",
+                 "ctxmon_network_transmit_packets_total", "ctxmon_network_receive_errors_total",
+                 "ctxmon_network_transmit_drops_total", "ctxmon_poll_duration_seconds",
+                 "ctxmon_last_poll_timestamp_seconds", "ctxmon_poll_errors",
+                 "ctxmon_rrd_write_errors", "ctxmon_polls_total", "ctxmon_build_info"):
+        assert name in names, name
+    info = prom.values(f"ctxmon_context_info{{{sel}}}")
+    assert list(info) == [frozenset({("__name__", "ctxmon_context_info"), ("job", "ctxmon"),
+                                     ("instance", inst), ("context", ctx.label),
+                                     ("id", cg.rel), ("source", "cgroup")})]
+    assert prom.values(f"ctxmon_context_processes{{{sel}}}") == {
+        frozenset({("__name__", "ctxmon_context_processes"), ("job", "ctxmon"),
+                   ("instance", inst), ("context", ctx.label)}): 1.0}
+
+    # rate() over a window against what the burner really used in it (the machine has
+    # two cores and other tests run, so one CPU is not guaranteed, its own time is).
+    t1, used1 = time.time(), cpu_seconds(burner.pid)
+    prom.wait_until(
+        lambda: prom.query(f"timestamp(ctxmon_context_cpu_seconds_total{{{sel},mode='user'}})"
+                           f" > {t1 + 8:.3f}"),
+        20, "8 s of samples")
+    t2, used2 = time.time(), cpu_seconds(burner.pid)
+    window_ms = int((t2 - t1) * 1000)
+    got = prom.values(
+        f"sum(rate(ctxmon_context_cpu_seconds_total{{{sel}}}[{window_ms}ms]))", at=t2)
+    rate = next(iter(got.values()))
+    actual = (used2 - used1) / (t2 - t1)
+    assert actual > 0.3, f"the burner got only {actual:.2f} CPU: machine too busy"
+    assert abs(rate - actual) <= 0.3, f"Prometheus rate {rate:.3f}, burner used {actual:.3f}"
+    print(f"rate() {rate:.3f} CPU, burner used {actual:.3f} CPU")
+
+    # The burner exits and its cgroup goes: the series are stale at the next scrapes.
+    cg.kill_all()
+    remove_cgroup(cg.path)
+    cgroup_factory.made.remove(cg)  # removed here already: nothing left to clean up
+    prom.wait_for_absent(f"ctxmon_context_processes{{{sel}}}", timeout=15)
+    assert prom.query(f"ctxmon_context_cpu_seconds_total{{{sel}}}") == []
+    assert f'context="{ctx.label}"' not in scrape(servers[0])
+    # while the host itself is still exported
+    assert prom.query(f'ctxmon_context_processes{{context="host",instance="{inst}"}}')
+
+
+def test_promtool_check_metrics_on_a_real_scrape_reports_nothing(setup):
+    _, _, servers, _ = setup
+    text = scrape(servers[0])
+    assert "ctxmon_context_cpu_seconds_total" in text
+    r = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
+                       capture_output=True, timeout=30)
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"")
+
+
+def test_promtool_accepts_hostile_context_names(setup):
+    """Quotes, backslashes, newlines, HTML and non-UTF-8 bytes in names still parse."""
+    _, poller, _, _ = setup
+    real = poller.latest
+    odd = b'we"ird\\name\n<b>\xff'.decode("utf-8", "surrogateescape")
+    snap = dataclasses.replace(real, contexts=tuple(
+        dataclasses.replace(c, name=f"{odd}{i}") for i, c in enumerate(real.contexts)))
+    collector = SnapshotCollector(lambda: snap, poller.self_metrics, max_contexts=1)
+    srv = MetricsServer("127.0.0.1:0", build_registry(collector))
+    srv.start()
+    try:
+        text = scrape(srv)
+    finally:
+        srv.stop()
+    r = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
+                       capture_output=True, timeout=30)
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"")
+
+
+def test_one_prometheus_scrapes_two_ctxmon_instances(setup):
+    prom, _, _, instances = setup
+    targets = prom.targets()
+    assert sorted(t["labels"]["instance"] for t in targets) == sorted(instances)
+    assert {t["health"] for t in targets} == {"up"}
+    try:
+        got = prom.wait_for_query("ctxmon_build_info", accept=lambda r: len(r) == 2)
+    except PrometheusError as e:
+        pytest.fail(str(e))
+    assert sorted(r["metric"]["instance"] for r in got) == sorted(instances)
+    assert prom.values('count(up{job="ctxmon"} == 1)') == {frozenset(): 2.0}
