@@ -840,16 +840,22 @@ class RrdSink:
         return target
 
     def _archive(self, source: str, files: Iterable[str], target: str, what: str, last: float) -> None:
-        try:
-            if self._conn is not None:
+        if self._conn is not None:
+            # Write out and drop what rrdcached holds for these files, or it would
+            # write it later to a path that no longer exists. Replies do not matter
+            # (a file it does not cache is an error reply).
+            try:
                 for p in files:
                     self._conn.command(f"FLUSH {p}")
                     self._conn.command(f"FORGET {p}")
+            except (OSError, _ProtocolError) as e:
+                self._drop_connection()
+                log.warning("RRD: departed %s not archived this time: rrdcached: %s", what, e)
+                return
+        try:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.rename(source, target)
-        except (OSError, _ProtocolError) as e:
-            if isinstance(e, _ProtocolError) or isinstance(e, (ConnectionError, socket.timeout)):
-                self._drop_connection()
+        except OSError as e:
             log.warning("RRD: could not archive departed %s (%s): %s", what, source, e)
             return
         prefix = source + os.sep

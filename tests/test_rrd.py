@@ -701,3 +701,25 @@ def test_encode_name_is_what_the_layout_uses(base):
     assert rrd_path(base, "cpu", "a/b") == os.path.join(base, "ctx", encode_name("a/b"), "cpu.rrd")
     with pytest.raises(ValueError):
         rrd_path(base, "cpu")
+
+
+def test_rrdcached_departed_context_is_archived_and_forgotten(base, rrdcached):
+    clock = FakeClock(T0)
+    directory = os.path.join(base, "rrd")
+    sink = RrdSink(directory, STEP, daemon=rrdcached.addr, retention_seconds=3600, clock=clock)
+    sink.write(snap(T0, [ctx("stays"), ctx("gone")]))
+    sink.write(snap(T0 + 60, [ctx("stays"), ctx("gone")]))  # still in rrdcached's cache
+    clock.now = T0 + 2 * 3600
+    sink.write(snap(T0 + 2 * 3600, [ctx("stays")]))
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(T0 + 60))
+    archived = os.path.join(directory, "archive", f"gone-{stamp}", "mem.rrd")
+    # its cached update was written out before the move, and rrdcached forgot the old path
+    assert on_disk_last_update(archived) == T0 + 60
+    assert sink.flush()
+    sink.write(snap(T0 + 2 * 3600 + 60, [ctx("stays")]))
+    path = rrd_path(directory, "mem", "stays")
+    sink.flush()
+    wait_for(lambda: on_disk_last_update(path) == T0 + 2 * 3600 + 60, "stays' update")
+    assert not os.path.exists(os.path.join(directory, "ctx", "gone"))
+    assert sink.error_count == 0
+    sink.close()
