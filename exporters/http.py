@@ -191,7 +191,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _metrics(self, send_body: bool) -> None:
         try:
-            body = generate_latest(self.server.app.registry)
+            registry = self.server.app.registry
+            # exporters.prometheus.ExportRegistry renders faster (cached per snapshot)
+            render = getattr(registry, "exposition", None)
+            body = render() if render is not None else generate_latest(registry)
         except Exception:
             log.exception("building /metrics failed")
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"500 metrics failed, see the log\n",

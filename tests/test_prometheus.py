@@ -270,6 +270,25 @@ def test_registry_is_private_and_has_the_daemons_process_metrics():
     assert "ctxmon_context_processes" in names
 
 
+def test_cached_exposition_is_the_same_text_and_follows_new_snapshots():
+    h = Holder(snap(FULL, host_interfaces=(iface("eth0", *range(8)),)), SelfMetrics(polls_total=1))
+    col = h.collector(max_contexts=5)
+    reg = build_registry(col, process_metrics=False)
+    assert samples(reg.exposition().decode()) == samples(
+        prometheus_client.generate_latest(reg).decode())
+    # same snapshot, new self metrics: served at once
+    h.me = SelfMetrics(polls_total=2)
+    assert value(samples(reg.exposition().decode()), "ctxmon_polls_total") == 2
+    # a new snapshot replaces the cached part
+    h.snapshot = snap(ctx("new", ctx_id="5", processes=3), t=2000.0)
+    found = samples(reg.exposition().decode())
+    assert value(found, "ctxmon_context_processes", context="new") == 3
+    assert series_of(found, "web") == []
+    # other collectors registered later are served too
+    prometheus_client.ProcessCollector(registry=reg)
+    assert "process_cpu_seconds_total" in reg.exposition().decode()
+
+
 # --------------------------------------------------------------------------- the cap
 
 
@@ -409,7 +428,9 @@ def test_gzip_when_asked(serve):
     status, headers, body = get(srv, "/metrics", {"Accept-Encoding": "gzip"})
     assert status == 200 and headers["Content-Encoding"] == "gzip"
     assert len(body) < len(plain)
-    ours = lambda text: {k: v for k, v in samples(text).items() if k[0].startswith("ctxmon_")}
+    def ours(text):
+        return {k: v for k, v in samples(text).items() if k[0].startswith("ctxmon_")}
+
     assert ours(gzip.decompress(body).decode()) == ours(plain.decode())
     status, headers, body = get(srv, "/metrics", {"Accept-Encoding": "gzip;q=0"})
     assert "Content-Encoding" not in headers and body.startswith(b"# HELP")

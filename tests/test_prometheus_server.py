@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -235,3 +236,23 @@ def test_one_prometheus_scrapes_two_ctxmon_instances(setup):
         pytest.fail(str(e))
     assert sorted(r["metric"]["instance"] for r in got) == sorted(instances)
     assert prom.values('count(up{job="ctxmon"} == 1)') == {frozenset(): 2.0}
+
+
+CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf",
+                    "prometheus.yml")
+
+
+def test_the_shipped_scrape_config_is_valid_and_its_relabelling_drops_the_port():
+    r = subprocess.run(["promtool", "check", "config", CONF], capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(CONF) as f:
+        regexes = {line.split("regex:", 1)[1].strip().strip("'")
+                   for line in f if line.strip().startswith("regex:")}
+    assert regexes  # the example relabels instance
+    for regex in regexes:
+        # Prometheus anchors relabel regexes at both ends, like fullmatch
+        for address, instance in (("host1.example.org:9717", "host1.example.org"),
+                                  ("[2001:db8::10]:9717", "2001:db8::10"),
+                                  ("10.0.0.1:9717", "10.0.0.1")):
+            m = re.fullmatch(regex, address)
+            assert m and m.group(1) == instance, (regex, address)
