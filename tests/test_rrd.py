@@ -505,8 +505,6 @@ def test_departed_context_is_archived_after_retention(base, caplog):
 
 # -------------------------------------------------------------- rrdcached
 
-from rrdcached import Rrdcached  # noqa: E402  (tests/rrdcached.py)
-
 
 def test_through_rrdcached_values_land_after_flush(base, rrdcached):
     directory = os.path.join(base, "rrd")
