@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 import collector.sampler as sampler_mod
-from collector import vserverstat
 from collector.procfs import ErrorCounts, ParseError, ProcessScanner, ProcStat, read_text
 from collector.sampler import Sampler
 from collector.snapshot import LimitRow, SocketAccounting
