@@ -1,0 +1,263 @@
+"""`ctxmon run` end to end: a real daemon polling real processes in real cgroups into
+RRD files (directly and through a real rrdcached), read back with the rrdtool command."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from collector.procfs import CLK_TCK, PAGE_SIZE
+from exporters.rrd import rrd_path
+from rrdcached import Rrdcached
+
+POLLED = "ctxmon.daemon: poll "  # the debug line each finished poll logs
+BURN = "while True: pass"
+TOUCH_64M = (
+    "import time\n"
+    "b = bytearray(64 << 20)\n"
+    "for i in range(0, len(b), 4096): b[i] = 1\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(path, rrd_dir, *, interval="1s", daemon="", extra="") -> str:
+    path.write_text(
+        f"""
+[collector]
+interval = "{interval}"
+source = "cgroup"
+
+[rrd]
+dir = "{rrd_dir}"
+step = "1s"
+daemon = "{daemon}"
+
+[exporter]
+listen = "127.0.0.1:{free_port()}"
+
+[graphs]
+enabled = false
+{extra}
+"""
+    )
+    return str(path)
+
+
+class Daemon:
+    """`ctxmon run` as a child process, its log in a file."""
+
+    def __init__(self, config: str, log_path):
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ctxmon.cli", "-v", "run", "-c", config],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+
+    def text(self) -> str:
+        return open(self.log_path, encoding="utf-8", errors="replace").read()
+
+    def wait_for_log(self, needle: str, limit: float = 20.0, count: int = 1) -> None:
+        deadline = time.monotonic() + limit
+        while self.text().count(needle) < count:
+            assert self.proc.poll() is None, f"daemon exited:\n{self.text()}"
+            assert time.monotonic() < deadline, f"no {needle!r} in:\n{self.text()}"
+            time.sleep(0.1)
+
+    def stop(self, sig=signal.SIGTERM, limit: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=limit)
+        finally:
+            self.log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def daemons():
+    started: list[Daemon] = []
+
+    def start(config, log_path):
+        d = Daemon(config, log_path)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.kill()
+
+
+def rrdtool(*args: str) -> str:
+    return subprocess.run(["rrdtool", *args], capture_output=True, text=True, check=True).stdout
+
+
+def info(path: str) -> dict[str, str]:
+    out = {}
+    for line in rrdtool("info", path).splitlines():
+        k, _, v = line.partition(" = ")
+        out[k] = v.strip('"')
+    return out
+
+
+def fetch(path: str, cf: str, start: int, end: int) -> list[tuple[int, list[float]]]:
+    rows = []
+    for line in rrdtool("fetch", path, cf, "-r", "1", "-s", str(start), "-e", str(end)).splitlines():
+        ts, sep, vals = line.partition(":")
+        if not sep or not ts.strip().isdigit():
+            continue
+        rows.append((int(ts), [float(v) for v in vals.split()]))
+    return rows
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / CLK_TCK
+
+
+def proc_rss(pid: int) -> int:
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(f[21]) * PAGE_SIZE
+
+
+def test_daemon_polls_real_cgroups_into_rrd_files(tmp_path, cgroup_factory, daemons):
+    rrd_dir = tmp_path / "rrd"
+    cfg = write_config(tmp_path / "ctxmon.toml", rrd_dir)
+    cg = cgroup_factory()
+    name = os.path.basename(cg.rel)  # the default *.service rule names it by its unit
+    toucher = cg.spawn([sys.executable, "-c", TOUCH_64M], stdout=subprocess.PIPE)
+    assert toucher.stdout.readline().strip() == b"ready"
+    burner = cg.spawn([sys.executable, "-c", BURN])
+
+    d = daemons(cfg, tmp_path / "daemon.log")
+    d.wait_for_log(f"context appeared: {name}")
+    t0, cpu0 = time.time(), proc_cpu_seconds(burner.pid)
+    d.wait_for_log(POLLED, count=8)
+    t1, cpu1 = time.time(), proc_cpu_seconds(burner.pid)
+    rss = proc_rss(burner.pid) + proc_rss(toucher.pid)
+    assert d.stop() == 0, d.text()
+    assert "Traceback" not in d.text()
+
+    cpu = rrd_path(str(rrd_dir), "cpu", context=name)
+    mem = rrd_path(str(rrd_dir), "mem", context=name)
+    tasks = rrd_path(str(rrd_dir), "tasks", context=name)
+    for path in (cpu, mem, tasks):
+        assert os.path.exists(path), sorted(os.listdir(os.path.dirname(path)))
+
+    # The file's definition, as the rrdtool command reads it.
+    i = info(cpu)
+    assert i["step"] == "1"
+    for ds in ("user", "system"):
+        assert i[f"ds[{ds}].type"] == "DERIVE"
+        assert float(i[f"ds[{ds}].min"]) == 0
+        assert i[f"ds[{ds}].minimal_heartbeat"] == "2"
+    m = info(mem)
+    assert m["ds[rss].type"] == "GAUGE" and m["ds[vsz].type"] == "GAUGE"
+    cfs = {v for k, v in i.items() if k.endswith(".cf")}
+    assert cfs == {"AVERAGE", "MIN", "MAX"}
+
+    # CPU: the burner used (cpu1 - cpu0) / (t1 - t0) of a CPU; the file says the same.
+    expected = (cpu1 - cpu0) / (t1 - t0)
+    last = int(rrdtool("last", cpu))
+    rows = fetch(cpu, "AVERAGE", last - 6, last - 1)
+    rates = [(u + s) / 1e6 for _, (u, s) in rows if not (math.isnan(u) or math.isnan(s))]
+    assert len(rates) >= 3, rows
+    measured = sum(rates) / len(rates)
+    assert measured == pytest.approx(expected, rel=0.15), (rates, expected)
+
+    # RSS: both processes' resident memory, within 10 %.
+    rows = fetch(mem, "AVERAGE", last - 4, last - 1)
+    stored = [r for _, (r, _v) in rows if not math.isnan(r)]
+    assert stored and stored[-1] == pytest.approx(rss, rel=0.10)
+    assert stored[-1] > 64 << 20
+
+    rows = fetch(tasks, "MAX", last - 4, last - 1)
+    assert any(p == 2 for _, (p, _t) in rows if not math.isnan(p)), rows
+
+
+def test_daemon_through_rrdcached_flushes_on_sigterm(tmp_path, cgroup_factory, daemons):
+    if shutil.which("rrdcached") is None:
+        pytest.skip("rrdcached not installed")
+    base = os.path.realpath(tmp_path)
+    cached = Rrdcached(base)
+    cached.start()
+    try:
+        rrd_dir = os.path.join(base, "rrd")
+        cfg = write_config(tmp_path / "ctxmon.toml", rrd_dir, daemon=cached.addr)
+        cg = cgroup_factory()
+        name = os.path.basename(cg.rel)
+        cg.spawn([sys.executable, "-c", "import time; time.sleep(600)"])
+        d = daemons(cfg, tmp_path / "daemon.log")
+        d.wait_for_log(POLLED, count=4)
+        assert d.stop() == 0, d.text()
+        # rrdcached writes only every hour (-w 3600): what is on disk now came from
+        # the daemon's flush at SIGTERM.
+        tasks = rrd_path(rrd_dir, "tasks", context=name)
+        last = int(rrdtool("last", tasks))
+        rows = fetch(tasks, "AVERAGE", last - 3, last)
+        assert any(p == 1 for _, (p, _t) in rows if not math.isnan(p)), rows
+    finally:
+        cached.stop()
+
+
+def test_sighup_reload_keeps_the_old_config_when_the_new_one_is_bad(tmp_path, daemons):
+    rrd_dir = tmp_path / "rrd"
+    cfg_path = tmp_path / "ctxmon.toml"
+    write_config(cfg_path, rrd_dir)
+    d = daemons(str(cfg_path), tmp_path / "daemon.log")
+    d.wait_for_log(POLLED, count=2)
+    good = cfg_path.read_text()
+
+    cfg_path.write_text(good.replace('interval = "1s"', 'interval = "0.2s"'))
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_for_log("reload refused")
+    line = next(x for x in d.text().splitlines() if "reload refused" in x)
+    assert "interval" in line and str(cfg_path) in line
+    polls = d.text().count(POLLED)
+    d.wait_for_log(POLLED, count=polls + 2)  # still polling on the old config
+
+    cfg_path.write_text(good.replace('interval = "1s"', 'interval = "2s"'))
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_for_log("config reloaded")
+    assert d.stop() == 0
+    assert "Traceback" not in d.text()
+
+
+def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    rrd_dir = tmp_path / "rrd"
+    cfg = write_config(tmp_path / "ctxmon.toml", rrd_dir,
+                       extra='[collector.surprise]\nx = 1\n')
+    for cmd in ("check-config", "run"):
+        r = subprocess.run([sys.executable, "-m", "ctxmon.cli", cmd, "-c", cfg],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and cfg in lines[0], r.stderr
+    assert not rrd_dir.exists()
+
+
+def test_shipped_config_checks_clean():
+    conf = os.path.join(os.path.dirname(__file__), "..", "conf", "ctxmon.toml")
+    r = subprocess.run([sys.executable, "-m", "ctxmon.cli", "check-config", "-c", conf],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
