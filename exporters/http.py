@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import gzip
 import hashlib
 import hmac
 import html
@@ -30,6 +29,7 @@ import ssl
 import stat
 import threading
 import time
+import zlib
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Mapping
@@ -155,6 +155,32 @@ class BasicAuth:
         return bool(sep) and self.check(user, password)
 
 
+class GzipPrefixCache:
+    """gzip of a body whose first part repeats (the per-snapshot text): the compressor's
+    state after that part is kept while it is the same object, and each scrape only
+    compresses the rest on a copy. Prometheus asks for gzip on every scrape."""
+
+    LEVEL = 5
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._first: bytes | None = None  # held, so `is` below cannot match a new object
+        self._state: "zlib._Compress | None" = None
+        self._out = b""
+
+    def compress(self, parts: list[bytes]) -> list[bytes]:
+        if not parts:
+            parts = [b""]
+        first = parts[0]
+        with self._lock:
+            if self._first is not first or self._state is None:
+                z = zlib.compressobj(self.LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip
+                self._out = z.compress(first)
+                self._first, self._state = first, z
+            z, out = self._state.copy(), self._out
+        return [out, *(z.compress(p) for p in parts[1:]), z.flush()]
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: "_Server"
     sys_version = ""  # do not announce the Python version
@@ -194,7 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
             registry = self.server.app.registry
             # exporters.prometheus.ExportRegistry renders faster (cached per snapshot)
             render = getattr(registry, "exposition", None)
-            body = render() if render is not None else generate_latest(registry)
+            parts = render() if render is not None else [generate_latest(registry)]
         except Exception:
             log.exception("building /metrics failed")
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"500 metrics failed, see the log\n",
@@ -202,9 +228,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         headers = {"Vary": "Accept-Encoding"}
         if accepts_gzip(self.headers.get("Accept-Encoding")):
-            body = gzip.compress(body, compresslevel=5)
+            parts = self.server.app.gzip.compress(parts)
             headers["Content-Encoding"] = "gzip"
-        self._send(HTTPStatus.OK, body, CONTENT_TYPE_PLAIN_0_0_4, send_body, headers)
+        self._send(HTTPStatus.OK, parts, CONTENT_TYPE_PLAIN_0_0_4, send_body, headers)
 
     def _graph_file(self, rel: str, send_body: bool) -> None:
         full = self.server.app.resolve_graph(rel)
@@ -240,17 +266,19 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.MOVED_PERMANENTLY, b"", "text/plain", send_body,
                    {"Location": location})
 
-    def _send(self, status: HTTPStatus, body: bytes, ctype: str, send_body: bool,
-              headers: Mapping[str, str] | None = None) -> None:
+    def _send(self, status: HTTPStatus, body: bytes | list[bytes], ctype: str,
+              send_body: bool, headers: Mapping[str, str] | None = None) -> None:
+        parts = [body] if isinstance(body, bytes) else body
         self.send_response(status)
         self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(sum(len(p) for p in parts)))
         self.send_header("X-Content-Type-Options", "nosniff")
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
         if send_body:
-            self.wfile.write(body)
+            for p in parts:
+                self.wfile.write(p)
 
 
 class _Server(ThreadingHTTPServer):
@@ -376,6 +404,7 @@ class MetricsServer:
             ctx.load_cert_chain(tls_cert, tls_key)
             self.ssl_context = ctx
         self.auth = BasicAuth(basic_auth) if basic_auth else None
+        self.gzip = GzipPrefixCache()
         self.graphs_dir = graphs_dir
         self._graphs_root = os.path.realpath(graphs_dir) if graphs_dir else None
         self.request_timeout = request_timeout

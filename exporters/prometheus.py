@@ -305,20 +305,22 @@ class SnapshotCollector(Collector):
         yield from self._snapshot_families(self.get_snapshot())
         yield from self._live_families(self.get_self_metrics())
 
-    def exposition(self) -> bytes:
-        """The text format of `collect()`, the snapshot's part rendered once per snapshot.
+    def exposition(self) -> list[bytes]:
+        """The text format of `collect()` in pieces to send one after the other; the
+        snapshot's part is rendered once per snapshot.
 
-        Rendering 1,000 contexts costs ~150 ms of Python while the snapshot changes
+        Rendering 1,000 contexts costs ~100 ms of Python while the snapshot changes
         only once a poll; concurrent scrapes of one snapshot wait for one rendering.
-        The daemon may call this right after a poll so that no scrape pays for it."""
+        The daemon may call this right after a poll so that no scrape pays for it.
+        (Pieces, not one string: joining copies a megabyte for nothing.)"""
         snap = self.get_snapshot()
         with self._cache_lock:
             cached = self._cache
             if cached is None or cached[0] is not snap:  # `is`: the cache holds it alive
                 cached = self._cache = (snap, generate_latest(_Families(
                     self._snapshot_families(snap))))
-        return cached[1] + generate_latest(_Families(
-            self._live_families(self.get_self_metrics())))
+        return [cached[1],
+                generate_latest(_Families(self._live_families(self.get_self_metrics())))]
 
     def _snapshot_families(self, snap: Snapshot | None) -> list[Metric]:
         fams = {name: _new_family(name) for name in FAMILIES if name not in LIVE_FAMILIES}
@@ -431,8 +433,9 @@ class ExportRegistry(CollectorRegistry):
         if collector is not self.snapshot_collector:
             self._others.unregister(collector)
 
-    def exposition(self) -> bytes:
-        return self.snapshot_collector.exposition() + generate_latest(self._others)
+    def exposition(self) -> list[bytes]:
+        """The same text as generate_latest(self), in pieces (see SnapshotCollector)."""
+        return [*self.snapshot_collector.exposition(), generate_latest(self._others)]
 
 
 def build_registry(collector: SnapshotCollector, process_metrics: bool = True

@@ -30,7 +30,7 @@ from collector.snapshot import (
     Snapshot,
     SocketAccounting,
 )
-from exporters.http import MetricsServer, accepts_gzip, parse_listen
+from exporters.http import GzipPrefixCache, MetricsServer, accepts_gzip, parse_listen
 from exporters.prometheus import (
     FAMILIES,
     OTHER,
@@ -274,19 +274,19 @@ def test_cached_exposition_is_the_same_text_and_follows_new_snapshots():
     h = Holder(snap(FULL, host_interfaces=(iface("eth0", *range(8)),)), SelfMetrics(polls_total=1))
     col = h.collector(max_contexts=5)
     reg = build_registry(col, process_metrics=False)
-    assert samples(reg.exposition().decode()) == samples(
+    assert samples(b''.join(reg.exposition()).decode()) == samples(
         prometheus_client.generate_latest(reg).decode())
     # same snapshot, new self metrics: served at once
     h.me = SelfMetrics(polls_total=2)
-    assert value(samples(reg.exposition().decode()), "ctxmon_polls_total") == 2
+    assert value(samples(b''.join(reg.exposition()).decode()), "ctxmon_polls_total") == 2
     # a new snapshot replaces the cached part
     h.snapshot = snap(ctx("new", ctx_id="5", processes=3), t=2000.0)
-    found = samples(reg.exposition().decode())
+    found = samples(b''.join(reg.exposition()).decode())
     assert value(found, "ctxmon_context_processes", context="new") == 3
     assert series_of(found, "web") == []
     # other collectors registered later are served too
     prometheus_client.ProcessCollector(registry=reg)
-    assert "process_cpu_seconds_total" in reg.exposition().decode()
+    assert "process_cpu_seconds_total" in b''.join(reg.exposition()).decode()
 
 
 # --------------------------------------------------------------------------- the cap
@@ -434,6 +434,17 @@ def test_gzip_when_asked(serve):
     assert ours(gzip.decompress(body).decode()) == ours(plain.decode())
     status, headers, body = get(srv, "/metrics", {"Accept-Encoding": "gzip;q=0"})
     assert "Content-Encoding" not in headers and body.startswith(b"# HELP")
+
+
+def test_gzip_prefix_cache_makes_one_valid_stream_per_body():
+    cache = GzipPrefixCache()
+    first = b"cached part\n" * 1000
+    for live in (b"live 1\n", b"live 2\n", b""):
+        body = b"".join(cache.compress([first, live, b"tail\n"]))
+        assert gzip.decompress(body) == first + live + b"tail\n"
+    other = b"a new snapshot\n"
+    assert gzip.decompress(b"".join(cache.compress([other, b"x"]))) == other + b"x"
+    assert gzip.decompress(b"".join(cache.compress([]))) == b""
 
 
 def test_ipv6_loopback(serve):
