@@ -332,25 +332,26 @@ class _Server(ThreadingHTTPServer):
         token = id(request)
         with self._watch_lock:
             self._deadlines[token] = (time.monotonic() + timeout, request.fileno())
+        conn = request
         try:
             ctx = self.app.ssl_context
-            if ctx is None:
-                self.RequestHandlerClass(request, client_address, self)
-                return
-            try:
-                tls = ctx.wrap_socket(request, server_side=True)  # same fd, same timeout
-            except (OSError, ValueError) as e:
-                log.debug("%s: TLS handshake failed: %s", client_address[0], e)
-                return
-            try:
-                self.RequestHandlerClass(tls, client_address, self)
-            finally:
-                with self._watch_lock:  # the fd is closed below: stop watching it first
-                    self._deadlines.pop(token, None)
-                tls.close()
+            if ctx is not None:
+                try:
+                    # Same fd, same timeout; the handshake under the watchdog too.
+                    conn = ctx.wrap_socket(request, server_side=True,
+                                           do_handshake_on_connect=False)
+                    conn.do_handshake()
+                except (OSError, ValueError) as e:
+                    log.debug("%s: TLS handshake failed: %s", client_address[0], e)
+                    return
+            self.RequestHandlerClass(conn, client_address, self)
         finally:
+            # Stop watching the fd before it is closed (here, or by shutdown_request
+            # right after), so the watchdog never touches a reused fd number.
             with self._watch_lock:
                 self._deadlines.pop(token, None)
+            if conn is not request:
+                conn.close()
 
     def expire(self) -> None:
         """Shut down (not close: their threads close them) connections past their deadline."""

@@ -559,6 +559,35 @@ def test_tls_with_basic_auth_over_a_real_tls_connection(serve, certificate, user
     assert get(srv, "/metrics", basic("prom", "s3cret"), context=tls)[0] == 200
 
 
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_tls_clients_that_never_handshake_are_cut_off_and_nothing_leaks(serve, certificate):
+    cert, key = certificate
+    srv = serve(tls_cert=cert, tls_key=key, request_timeout=0.5)
+    tls = client_context(cert)
+    assert get(srv, "/metrics", context=tls)[0] == 200
+    before = open_fds()
+    silent = socket.create_connection(("127.0.0.1", srv.port))
+    half = socket.create_connection(("127.0.0.1", srv.port))
+    half.sendall(b"\x16\x03\x01\x00\xff")  # the start of a ClientHello, never finished
+    try:
+        assert get(srv, "/metrics", context=tls)[0] == 200  # served meanwhile
+        assert _wait_closed(silent) and _wait_closed(half)
+    finally:
+        silent.close()
+        half.close()
+    for _ in range(20):
+        get(srv, "/metrics", context=tls)
+        with socket.create_connection(("127.0.0.1", srv.port)) as s:
+            s.sendall(os.urandom(64))
+    deadline = time.monotonic() + 10
+    while open_fds() > before:  # the server closes each connection just after replying
+        assert time.monotonic() < deadline, f"{open_fds() - before} fds left open"
+        time.sleep(0.05)
+
+
 def test_malformed_credentials_are_401_not_errors(serve, users):
     srv = serve(basic_auth=users)
     for headers in (basic("prom", b"x" * 100),  # over bcrypt's 72 bytes
