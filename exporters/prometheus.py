@@ -223,14 +223,14 @@ class _OtherCounters:
 
     Summing the folded contexts' counters afresh would jump down whenever a context
     left `other` (a false counter reset). Instead each folded context adds what it
-    grew since the previous collect (all of its value when first seen), and a
-    context leaving takes nothing away. State advances only with newer snapshots,
-    so concurrent scrapes of the same or an older snapshot add nothing twice.
+    grew since the previous snapshot seen (all of its value when first seen), and a
+    context leaving takes nothing away. The same snapshot scraped again adds nothing.
+    Callers serialize fetching the snapshot and updating (the collector's lock), so
+    snapshots arrive here in the order the daemon made them, whatever the clock does.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._snapshot_time: float | None = None
+        self._snapshot: Snapshot | None = None  # held, so `is` cannot match a new one
         self._last: dict[tuple[str, str, tuple[str, ...]], float] = {}  # (key, family, labels)
         self._last_seen: dict[str, float] = {}  # context key -> snapshot time
         self._total: dict[tuple[str, tuple[str, ...]], float] = {}  # (family, labels)
@@ -238,14 +238,13 @@ class _OtherCounters:
     def update(
         self, snap: Snapshot, folded_keys: set[str]
     ) -> dict[tuple[str, tuple[str, ...]], float]:
-        with self._lock:
-            if self._snapshot_time is None or snap.timestamp > self._snapshot_time:
-                self._advance(snap, folded_keys)
-            return dict(self._total)
+        if snap is not self._snapshot:
+            self._snapshot = snap
+            self._advance(snap, folded_keys)
+        return dict(self._total)
 
     def _advance(self, snap: Snapshot, folded_keys: set[str]) -> None:
         now = snap.timestamp
-        self._snapshot_time = now
         last, total = self._last, self._total
         for c in snap.contexts:
             self._last_seen[c.key] = now
@@ -262,8 +261,10 @@ class _OtherCounters:
                     total[(fam, labels)] = total.get((fam, labels), 0.0) + grew
                 last[k] = value
         # Keep departed contexts' last values as long as the sampler keeps their
-        # counters, so one coming back does not count its history twice.
-        gone = {k for k, t in self._last_seen.items() if now - t > DEPARTED_STATE_SECONDS}
+        # counters, so one coming back does not count its history twice. (abs: after
+        # the clock stepped back, contexts seen "in the future" age too.)
+        gone = {k for k, t in self._last_seen.items()
+                if abs(now - t) > DEPARTED_STATE_SECONDS}
         if gone:
             for k in gone:
                 del self._last_seen[k]
@@ -294,7 +295,10 @@ class SnapshotCollector(Collector):
         self.max_contexts = max_contexts
         self.version = version if version is not None else _version()
         self._other = _OtherCounters()
-        self._cache_lock = threading.Lock()
+        # Held while fetching a snapshot and building its families: concurrent scrapes
+        # then handle snapshots in the order the daemon made them (see _OtherCounters)
+        # and one snapshot is rendered once.
+        self._lock = threading.Lock()
         self._cache: tuple[Snapshot | None, bytes] | None = None
 
     def describe(self) -> list[Metric]:
@@ -302,7 +306,9 @@ class SnapshotCollector(Collector):
         return [_new_family(name) for name in FAMILIES]
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._snapshot_families(self.get_snapshot())
+        with self._lock:
+            families = self._snapshot_families(self.get_snapshot())
+        yield from families
         yield from self._live_families(self.get_self_metrics())
 
     def exposition(self) -> list[bytes]:
@@ -313,8 +319,8 @@ class SnapshotCollector(Collector):
         only once a poll; concurrent scrapes of one snapshot wait for one rendering.
         The daemon may call this right after a poll so that no scrape pays for it.
         (Pieces, not one string: joining copies a megabyte for nothing.)"""
-        snap = self.get_snapshot()
-        with self._cache_lock:
+        with self._lock:
+            snap = self.get_snapshot()
             cached = self._cache
             if cached is None or cached[0] is not snap:  # `is`: the cache holds it alive
                 cached = self._cache = (snap, generate_latest(_Families(
