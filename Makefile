@@ -9,8 +9,10 @@ VENV := .venv
 CONFIG ?= conf/ctxmon.toml
 PYTEST_ARGS ?=
 
-# What the bindings build against and what the tests run for real.
-APT_PACKAGES := gcc pkg-config python3-dev python3-venv librrd-dev rrdtool rrdcached
+# What the bindings build against, and the real peers the tests run: rrdcached,
+# Prometheus (and promtool), Alertmanager, headless Chromium, openssl for TLS.
+APT_PACKAGES := gcc pkg-config python3-dev python3-venv librrd-dev rrdtool rrdcached \
+	prometheus prometheus-alertmanager chromium openssl
 
 .PHONY: run test stat setup deps clean
 
