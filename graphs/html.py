@@ -1,0 +1,187 @@
+"""The admin's pages: plain static HTML + CSS, no script, readable on a phone.
+
+`index.html` (day), `week.html`, `month.html`, `year.html` at the top of the graphs
+folder: host CPU, memory and processes by context, every host interface, and a table
+of contexts with their latest figures, linking to each context's own pages under
+`ctx/<encoded name>/` (same four file names). Pages reload themselves at the graph
+interval.
+
+Names come from guests: every one is shown through `display_name` and HTML-escaped,
+and every URL is built from the encoded (file-safe) names, percent-quoted per segment.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import time
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from urllib.parse import quote
+
+from .legend import auto_scale, display_name
+
+if TYPE_CHECKING:
+    from .render import ContextEntry, ContextFigures, GraphSpec, Plan
+
+PAGE_NAMES = {"day": "index.html", "week": "week.html", "month": "month.html", "year": "year.html"}
+PERIOD_TITLES = {"day": "Day", "week": "Week", "month": "Month", "year": "Year"}
+
+CSS = """\
+*{box-sizing:border-box}
+body{margin:0;font:15px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;background:#f4f4f4;color:#222}
+header{background:#2f3b45;color:#fff;padding:.6em 1em}
+header h1{font-size:1.15em;margin:0 0 .3em;overflow-wrap:anywhere}
+header a{color:#fff}
+nav{display:flex;flex-wrap:wrap;gap:.3em}
+nav a{color:#fff;text-decoration:none;padding:.25em .7em;border-radius:3px;background:#46535e}
+nav a[aria-current=page]{background:#f0f0f0;color:#222;font-weight:bold}
+main{max-width:840px;margin:0 auto;padding:.5em .6em 1em}
+section{margin:1em 0}
+h2{font-size:1.05em;margin:.4em 0;overflow-wrap:anywhere}
+figure{margin:.4em 0}
+img{display:block;max-width:100%;height:auto;border:1px solid #ccc;background:#f0f0f0}
+.missing{color:#777;font-style:italic}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse;width:100%;font-size:.9em;background:#fff}
+th,td{padding:.3em .5em;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}
+th{background:#e8e8e8}
+th:first-child,td:first-child{text-align:left;white-space:normal;overflow-wrap:anywhere;min-width:8em}
+footer{color:#666;font-size:.8em;padding:0 1em 1em;text-align:center}
+"""
+
+
+def page_name(period: str) -> str:
+    return PAGE_NAMES[period]
+
+
+def url(*segments: str) -> str:
+    """A relative URL from path segments (file-safe names), each percent-quoted:
+    encoded names hold `%`, which must reach the server as `%25`."""
+    return "/".join(quote(s, safe="") for s in segments)
+
+
+def esc(text: str) -> str:
+    """Any name as HTML text: readable (see display_name), then escaped."""
+    return html.escape(display_name(text), quote=True)
+
+
+def _percent(v: float) -> str:
+    return "–" if math.isnan(v) else f"{v:.1f} %"
+
+
+def _bytes(v: float) -> str:
+    if math.isnan(v):
+        return "–"
+    scaled, symbol = auto_scale(v, 1024)
+    unit = {"": "B", "k": "KiB"}.get(symbol, f"{symbol}iB")
+    return f"{scaled:.1f} {unit}" if symbol else f"{v:.0f} B"
+
+
+def _count(v: float) -> str:
+    return "–" if math.isnan(v) else f"{v:.0f}"
+
+
+def _when(t: int | None) -> str:
+    return "–" if not t else time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+def _page(title: str, heading: str, nav: str, body: str, refresh: int, now: int, home: str) -> str:
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        '<link rel="icon" href="data:,">\n'
+        f'<meta http-equiv="refresh" content="{int(refresh)}">\n'
+        f"<title>{title}</title>\n<style>\n{CSS}</style>\n</head>\n<body>\n"
+        f"<header>\n<h1>{heading}</h1>\n{nav}\n</header>\n<main>\n{body}</main>\n"
+        f'<footer>Drawn {html.escape(time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(now)))} '
+        f"by ctxmon; this page reloads every {int(refresh)} s. "
+        f'<a href="{home}">Overview</a></footer>\n'
+        "</body>\n</html>\n"
+    )
+
+
+def _nav(period: str, prefix: str = "") -> str:
+    links = []
+    for p in PAGE_NAMES:
+        current = ' aria-current="page"' if p == period else ""
+        links.append(f'<a href="{prefix}{page_name(p)}"{current}>{PERIOD_TITLES[p]}</a>')
+    return '<nav aria-label="period">' + "".join(links) + "</nav>"
+
+
+def _figure(src_segments: Sequence[str], rel_path: str, alt: str, exists: Callable[[str], bool],
+            size: tuple[int, int]) -> str:
+    if not exists(rel_path):
+        return f'<p class="missing">{alt}: not drawn yet.</p>\n'
+    w, h = size
+    return (f'<figure><img src="{url(*src_segments)}" alt="{alt}" width="{w}" height="{h}">'
+            "</figure>\n")
+
+
+def index_page(host: str, period: str, plan: "Plan", figures: Mapping[str, "ContextFigures"],
+               refresh: int, exists: Callable[[str], bool], now: int, size: tuple[int, int]) -> str:
+    """The overview page of one period."""
+    host_e = esc(host)
+    parts = []
+    titles = {"host-cpu": "CPU by context", "host-mem": "Memory (RSS) by context",
+              "host-tasks": "Processes by context"}
+    for spec in plan.host_specs:
+        if spec.kind in titles:
+            parts.append(f"<section>\n<h2>{titles[spec.kind]}</h2>\n")
+            parts.append(_figure([spec.png(period)], spec.png(period), esc(spec.title), exists, size))
+            parts.append("</section>\n")
+    traffic = [s for s in plan.host_specs if s.kind == "traffic"]
+    if traffic:
+        parts.append("<section>\n<h2>Network interfaces</h2>\n")
+        for spec in traffic:
+            parts.append(_figure([spec.png(period)], spec.png(period), esc(spec.title), exists, size))
+        parts.append("</section>\n")
+    parts.append("<section>\n<h2>Contexts</h2>\n")
+    if plan.contexts:
+        rows = []
+        for c in plan.contexts:
+            f = figures.get(c.slug)
+            link = url("ctx", c.slug, page_name(period))
+            cells = ["–"] * 6 if f is None else [
+                _percent(f.cpu_percent), _bytes(f.rss), _bytes(f.vsz), _count(f.processes),
+                _count(f.threads), _when(f.last_update)]
+            rows.append(f'<tr><td><a href="{link}">{esc(c.name)}</a></td>'
+                        + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>\n")
+        parts.append(
+            '<div class="scroll"><table>\n<thead><tr><th scope="col">Context</th><th scope="col">CPU</th>'
+            '<th scope="col">RSS</th><th scope="col">VSZ</th><th scope="col">Processes</th>'
+            '<th scope="col">Threads</th><th scope="col">Updated</th></tr></thead>\n<tbody>\n'
+            + "".join(rows) + "</tbody>\n</table></div>\n")
+    else:
+        parts.append('<p class="missing">No context has been recorded yet.</p>\n')
+    parts.append("</section>\n")
+    title = f"ctxmon on {host_e}: {PERIOD_TITLES[period].lower()}"
+    return _page(title, f"ctxmon on {host_e}", _nav(period), "".join(parts), refresh, now, page_name(period))
+
+
+def context_page(host: str, period: str, entry: "ContextEntry", specs: Sequence["GraphSpec"],
+                 figures: "ContextFigures | None", refresh: int, exists: Callable[[str], bool], now: int,
+                 size: tuple[int, int]) -> str:
+    """One context's page of one period (lives in ctx/<slug>/)."""
+    name_e = esc(entry.name)
+    parts = []
+    if figures is not None:
+        parts.append(
+            '<section>\n<div class="scroll"><table>\n<thead><tr><th scope="col">Now</th>'
+            '<th scope="col">CPU</th><th scope="col">RSS</th><th scope="col">VSZ</th>'
+            '<th scope="col">Processes</th><th scope="col">Threads</th><th scope="col">Updated</th>'
+            f"</tr></thead>\n<tbody><tr><td>{name_e}</td><td>{_percent(figures.cpu_percent)}</td>"
+            f"<td>{_bytes(figures.rss)}</td><td>{_bytes(figures.vsz)}</td>"
+            f"<td>{_count(figures.processes)}</td><td>{_count(figures.threads)}</td>"
+            f"<td>{_when(figures.last_update)}</td></tr></tbody>\n</table></div>\n</section>\n")
+    for spec in specs:
+        png = spec.png(period)
+        parts.append(f"<section>\n<h2>{esc(spec.title)}</h2>\n")
+        parts.append(_figure([png.rsplit("/", 1)[-1]], png, esc(spec.title), exists, size))
+        parts.append("</section>\n")
+    if not specs:
+        parts.append('<p class="missing">No graphs for this context.</p>\n')
+    home = "../../" + page_name(period)
+    heading = f'<a href="{home}">ctxmon on {esc(host)}</a> › {name_e}'
+    title = f"{name_e} – ctxmon on {esc(host)}: {PERIOD_TITLES[period].lower()}"
+    return _page(title, heading, _nav(period), "".join(parts), refresh, now, home)
