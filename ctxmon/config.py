@@ -20,11 +20,15 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
-from types import ModuleType
-from typing import Any, Callable
+from types import MappingProxyType, ModuleType
+from typing import Any, Callable, Mapping
 
 __all__ = [
+    "ALERT_METRICS",
+    "AlertOverride",
+    "AlertRule",
     "AlertsConfig",
+    "Level",
     "CollectorConfig",
     "Config",
     "ConfigError",
@@ -37,6 +41,8 @@ __all__ = [
     "load_config",
     "parse_duration",
     "parse_listen",
+    "rule_levels",
+    "severity_levels",
 ]
 
 SOURCES = ("auto", "vserver", "cgroup")
@@ -131,6 +137,11 @@ class RrdConfig:
 class ExporterConfig:
     listen: str = DEFAULT_LISTEN
     enabled: bool = True
+    tls_cert: str = ""  # PEM certificate file; with tls_key, serve HTTPS only
+    tls_key: str = ""
+    # user -> bcrypt hash, as in Prometheus' web-config file; empty = no auth
+    basic_auth: Mapping[str, str] = field(default_factory=dict)
+    max_contexts: int = 0  # export the N busiest contexts, the rest as "other"; 0 = all
 
     @property
     def host(self) -> str:
@@ -148,9 +159,109 @@ class GraphsConfig:
     enabled: bool = True
 
 
+# metric -> (unit, the limits a "N%" level is a share of). What each metric means is
+# defined twice, once per evaluation: exporters.alerts (locally, on the snapshot) and
+# exporters.alert_rules (PromQL on the exporter's series).
+ALERT_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "cpu": ("ratio", ()),  # CPU seconds per second: 1.0 = one CPU busy
+    "cpu_host": ("ratio", ()),  # the same divided by the host's CPUs: 1.0 = all busy
+    "rss": ("bytes", ("RSS", "memory")),  # VServer RSS, cgroup memory.max
+    "vsz": ("bytes", ("VM",)),
+    "processes": ("count", ()),
+    "threads": ("count", ("PROC", "pids")),  # both limits count tasks, i.e. threads
+    "limit_hits": ("per_second", ()),  # refusals by any limit, per second
+    "net_receive_bps": ("bits_per_second", ()),  # over the context's own interfaces
+    "net_transmit_bps": ("bits_per_second", ()),
+    "absent": ("", ()),  # a context listed by name is not running
+}
+SEVERITIES = ("warning", "critical")
+ALERT_PLACEHOLDERS = ("alert", "context", "severity", "value", "threshold")
+_ALERT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """One threshold: an alert is active while the value is above it."""
+
+    value: float
+    of_limit: bool = False  # `value` is a share of the context's limit ("90%")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertOverride:
+    """`[alerts.rule.overrides."GLOB"]`: other levels or `for` for the contexts GLOB
+    matches; the first matching override wins. The values are the effective ones: what
+    the override does not set is the rule's own."""
+
+    glob: str = field(metadata={"toml": None})
+    warning: Level | None = None
+    critical: Level | None = None
+    clear: Level | None = None
+    for_: float = field(default=0.0, metadata={"toml": "for"})
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRule:
+    """One `[[alerts.rule]]`. `severity` is for `absent` rules, which have no levels."""
+
+    name: str
+    metric: str
+    warning: Level | None = None
+    critical: Level | None = None
+    clear: Level | None = None  # a firing alert resolves at or below this (hysteresis)
+    for_: float = field(default=0.0, metadata={"toml": "for"})
+    contexts: tuple[str, ...] = ("*",)  # globs; for `absent`, context names
+    exclude: tuple[str, ...] = ()
+    overrides: tuple[AlertOverride, ...] = ()
+    summary: str = ""  # "" for the metric's default (exporters.alerts)
+    severity: str = "critical"
+
+
+def severity_levels(warning: Level | None, critical: Level | None, clear: Level | None
+                    ) -> tuple[tuple[str, Level, Level], ...]:
+    """(severity, threshold, clear level) for each level set.
+
+    `clear` belongs to the lowest level set; the critical alert, when there is also a
+    warning, resolves the same distance below its own threshold. No `clear`: an alert
+    resolves as soon as the value is no longer above its threshold."""
+    lowest = warning if warning is not None else critical
+    out = []
+    for severity, level in (("warning", warning), ("critical", critical)):
+        if level is None:
+            continue
+        if clear is None:
+            resolve = level
+        elif level is lowest:
+            resolve = clear
+        else:
+            # (12 digits: 98% - 5% is 93%, not 0.9299999999999999)
+            resolve = Level(float(f"{level.value - (lowest.value - clear.value):.12g}"),
+                            level.of_limit)
+        out.append((severity, level, resolve))
+    return tuple(out)
+
+
+def rule_levels(rule: AlertRule, override: AlertOverride | None = None
+                ) -> tuple[tuple[str, Level, Level], ...]:
+    """The (severity, threshold, clear) of a rule, or of one of its overrides. An
+    `absent` rule's value is 1 while the context is missing, 0 while it runs."""
+    if rule.metric == "absent":
+        return ((rule.severity, Level(0.0), Level(0.0)),)
+    src = override if override is not None else rule
+    return severity_levels(src.warning, src.critical, src.clear)
+
+
 @dataclass(frozen=True, slots=True)
 class AlertsConfig:
-    """No keys yet; the table is accepted so files can already carry it."""
+    """`[alerts]`: notification settings and the `[[alerts.rule]]` entries."""
+
+    command: tuple[str, ...] = ()  # argv; a string in the file runs under /bin/sh -c
+    command_timeout: float = 10.0
+    alertmanager_url: str = ""  # base URL; alerts go to <url>/api/v2/alerts
+    alertmanager_timeout: float = 10.0
+    rate_window: float = 300.0  # rates (cpu, hits, traffic) are averaged over this
+    rules: tuple[AlertRule, ...] = field(default=(), metadata={"toml": "rule"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,6 +629,12 @@ class _Loader:
         return value
 
     @staticmethod
+    def integer(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be an integer, got {_show(value)}")
+        return value
+
+    @staticmethod
     def boolean(value: Any) -> bool:
         if not isinstance(value, bool):
             raise ValueError(f"must be true or false, got {_show(value)}")
@@ -571,10 +688,10 @@ class _Loader:
         rrd = self.rrd(data.get("rrd", {}), collector, check_rrd_files)
         exporter = self.exporter(data.get("exporter", {}))
         graphs = self.graphs(data.get("graphs", {}))
-        self.table(data.get("alerts", {}), ("alerts",), AlertsConfig)
+        alerts = self.alerts(data.get("alerts", {}), collector)
         log = self.log(data.get("log", {}))
         return Config(collector=collector, rrd=rrd, exporter=exporter, graphs=graphs,
-                      alerts=AlertsConfig(), log=log, source_path=os.path.abspath(self.path))
+                      alerts=alerts, log=log, source_path=os.path.abspath(self.path))
 
     def collector(self, raw: Any) -> CollectorConfig:
         loc = ("collector",)
@@ -674,9 +791,35 @@ class _Loader:
         loc = ("exporter",)
         raw = self.table(raw, loc, ExporterConfig)
         d = ExporterConfig()
+        tls_cert = self.get(raw, loc, "tls_cert", self.optional_path, "")
+        tls_key = self.get(raw, loc, "tls_key", self.optional_path, "")
+        if bool(tls_cert) != bool(tls_key):
+            missing = "tls_key" if tls_cert else "tls_cert"
+            present = "tls_cert" if tls_cert else "tls_key"
+            raise self.error(loc + (present,), f"needs {missing} too")
+        for key, path in (("tls_cert", tls_cert), ("tls_key", tls_key)):
+            if path and not os.access(path, os.R_OK):
+                raise self.error(loc + (key,), f"cannot read {_show(path)}")
+        users = raw.get("basic_auth", {})
+        if not isinstance(users, dict):
+            raise self.error(loc + ("basic_auth",),
+                             'must be a table of user = "bcrypt hash" ([exporter.basic_auth])')
+        for user, hashed in users.items():
+            if not isinstance(hashed, str) or not _BCRYPT_HASH.fullmatch(hashed):
+                raise self.error(loc + ("basic_auth", user),
+                                 "must be a bcrypt hash ($2b$..., see `htpasswd -nBC 10`)")
+            if ":" in user or not user:
+                raise self.error(loc + ("basic_auth", user), "a user name cannot be empty or hold ':'")
+        max_contexts = self.get(raw, loc, "max_contexts", self.integer, d.max_contexts)
+        if max_contexts < 0:
+            raise self.error(loc + ("max_contexts",), f"must be 0 (no cap) or more, got {max_contexts}")
         return ExporterConfig(
             listen=self.get(raw, loc, "listen", _listen, d.listen),
             enabled=self.get(raw, loc, "enabled", self.boolean, d.enabled),
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            basic_auth=MappingProxyType(dict(users)),
+            max_contexts=max_contexts,
         )
 
     def graphs(self, raw: Any) -> GraphsConfig:
@@ -694,6 +837,159 @@ class _Loader:
         raw = self.table(raw, loc, LogConfig)
         return LogConfig(level=self.get(raw, loc, "level", self.choice(*LOG_LEVELS), "info"))
 
+    # -- [alerts]
+
+    def alerts(self, raw: Any, collector: CollectorConfig) -> AlertsConfig:
+        loc = ("alerts",)
+        raw = self.table(raw, loc, AlertsConfig)
+        d = AlertsConfig()
+        # A rate needs two polls inside its window.
+        shortest = 2 * collector.interval
+        if "rate_window" in raw:
+            rate_window = self.get(raw, loc, "rate_window", self.duration_at_least_1s, None)
+            if rate_window < shortest:
+                raise self.error(
+                    loc + ("rate_window",),
+                    f"must span at least two polls ({shortest:g}s with [collector] interval "
+                    f"{collector.interval:g}s), got {_show(raw['rate_window'])}")
+        else:
+            rate_window = max(d.rate_window, shortest)
+        return AlertsConfig(
+            command=self.get(raw, loc, "command", _command, d.command),
+            command_timeout=self.get(raw, loc, "command_timeout", self.duration_at_least_1s,
+                                     d.command_timeout),
+            alertmanager_url=self.get(raw, loc, "alertmanager_url", _alertmanager_url,
+                                      d.alertmanager_url),
+            alertmanager_timeout=self.get(raw, loc, "alertmanager_timeout",
+                                          self.duration_at_least_1s, d.alertmanager_timeout),
+            rate_window=rate_window,
+            rules=self.alert_rules(raw["rule"], loc + ("rule",)) if "rule" in raw else (),
+        )
+
+    def alert_rules(self, raw: Any, loc: tuple) -> tuple[AlertRule, ...]:
+        if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
+            raise self.error(loc, 'must be an array of tables ("[[alerts.rule]]")')
+        out: list[AlertRule] = []
+        seen: dict[str, int] = {}
+        for i, item in enumerate(raw):
+            rule = self.alert_rule(item, loc + (i,))
+            if rule.name in seen:
+                raise self.error(loc + (i, "name"), f"{_show(rule.name)} is already the name "
+                                 f"of [[alerts.rule]] #{seen[rule.name] + 1}",
+                                 self._rule_describe(loc + (i,), None, "name"))
+            seen[rule.name] = i
+            out.append(rule)
+        return tuple(out)
+
+    def _rule_describe(self, rloc: tuple, name: str | None, *keys: str) -> str:
+        """"[[alerts.rule]] #2 (ContextCpuHigh) warning": index, and name when known."""
+        head = _describe(rloc)
+        if name:
+            head += f" ({_one_line(name)})"
+        return head + (" " + ".".join(keys) if keys else "")
+
+    def alert_rule(self, item: dict, rloc: tuple) -> AlertRule:
+        name = item.get("name") if isinstance(item.get("name"), str) else None
+
+        def fail(keys: tuple, message: str) -> ConfigError:
+            return self.error(rloc + keys, message,
+                              self._rule_describe(rloc, name, *map(str, keys)))
+
+        def get(key: str, convert: Callable[[Any], Any], default: Any) -> Any:
+            if key not in item:
+                return default
+            try:
+                return convert(item[key])
+            except ValueError as e:
+                raise fail((key,), str(e)) from None
+
+        known = toml_keys(AlertRule)
+        for key in item:
+            if key not in known:
+                raise fail((key,), "unknown key" + _suggest(key, known, quote='"'))
+        if "name" not in item:
+            raise fail((), 'needs a name, the alert\'s name (like "ContextCpuHigh")')
+        name = get("name", _alert_name, None)
+        if "metric" not in item:
+            raise fail((), "needs a metric: one of " + ", ".join(ALERT_METRICS))
+        metric = get("metric", self.choice(*ALERT_METRICS), None)
+        for_ = get("for", parse_duration, 0.0)
+        summary = get("summary", _summary_template, "")
+        if metric == "absent":
+            for key in ("warning", "critical", "clear", "exclude"):
+                if key in item:
+                    raise fail((key,), f"an absent rule takes no {key}: it fires when a "
+                               "context listed in `contexts` is not running (set `severity`)")
+            if "contexts" not in item:
+                raise fail((), 'an absent rule needs `contexts`: the names of the contexts '
+                           'that should run, e.g. ["web", "db"]')
+            contexts = get("contexts", _context_names, ())
+            overrides = self.alert_overrides(item, rloc, fail, metric, None, None, None, for_)
+            return AlertRule(name=name, metric=metric, for_=for_, contexts=contexts,
+                             overrides=overrides, summary=summary,
+                             severity=get("severity", self.choice(*SEVERITIES), "critical"))
+        if "severity" in item:
+            raise fail(("severity",), "only absent rules take a severity; this one's "
+                       "alerts are named by the level they pass (warning, critical)")
+        if "warning" not in item and "critical" not in item:
+            raise fail((), "needs a warning or a critical level (or both)")
+        levels = {key: get(key, lambda v: _level(v, metric), None)
+                  for key in ("warning", "critical", "clear")}
+        problem = _level_problem(levels["warning"], levels["critical"], levels["clear"])
+        if problem:
+            raise fail((problem[0],), problem[1])
+        overrides = self.alert_overrides(item, rloc, fail, metric, levels["warning"],
+                                         levels["critical"], levels["clear"], for_)
+        return AlertRule(
+            name=name, metric=metric, for_=for_, summary=summary, overrides=overrides,
+            contexts=get("contexts", _globs, ("*",)), exclude=get("exclude", _globs, ()),
+            **levels,
+        )
+
+    def alert_overrides(self, item: dict, rloc: tuple, fail, metric: str,
+                        warning: Level | None, critical: Level | None, clear: Level | None,
+                        for_: float) -> tuple[AlertOverride, ...]:
+        raw = item.get("overrides", {})
+        if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+            raise fail(("overrides",), 'must be a table of tables, one per context glob: '
+                       '[alerts.rule.overrides."db-*"]')
+        allowed = ("for",) if metric == "absent" else ("warning", "critical", "clear", "for")
+        out = []
+        for glob, table in raw.items():
+            oloc = ("overrides", glob)
+            if not glob:
+                raise fail(oloc, "the context glob must not be empty")
+            for key in table:
+                if key not in allowed:
+                    extra = " (an absent rule's overrides take only `for`)" \
+                        if metric == "absent" else _suggest(key, allowed, quote='"')
+                    raise fail(oloc + (key,), "unknown key" + extra)
+            values = {"warning": warning, "critical": critical, "clear": clear}
+            for key in ("warning", "critical", "clear"):
+                if key in table:
+                    value = table[key]
+                    try:
+                        # false: this level (or the hysteresis) is off for these contexts
+                        values[key] = None if value is False else _level(value, metric)
+                    except ValueError as e:
+                        raise fail(oloc + (key,), str(e)) from None
+            o_for = for_
+            if "for" in table:
+                try:
+                    o_for = parse_duration(table["for"])
+                except ValueError as e:
+                    raise fail(oloc + ("for",), str(e)) from None
+            problem = _level_problem(values["warning"], values["critical"], values["clear"],
+                                     in_override=True)
+            if problem:
+                key = problem[0] if problem[0] in table else next(
+                    (k for k in ("warning", "critical", "clear") if k in table), problem[0])
+                raise fail(oloc + (key,), problem[1])
+            out.append(AlertOverride(glob=glob, for_=o_for, **values))
+        return tuple(out)
+
+
+_BCRYPT_HASH = re.compile(r"\$2[aby]?\$\d\d\$[./A-Za-z0-9]{53}")
 
 # compile_rules names the rule itself ("cgroup rule: ..."); ours names it with its line.
 _RULE_MESSAGE_PREFIX = re.compile(r"^cgroup rule(?: \d+)?: ")
@@ -736,6 +1032,162 @@ def _rrdcached_address(value: Any) -> str:
     value = _Loader.string(value)
     _check_rrdcached_address(value)
     return value
+
+
+# ------------------------------------------------------------------ alert values
+
+_SI = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+       "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50,
+       "Ei": 2.0**60}
+_QUANTITY = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*([kKMGTPE]i?)?\s*(B|bit/s|bps|/s)?")
+_UNIT_WORDS = {"B": "bytes", "bit/s": "bits_per_second", "bps": "bits_per_second",
+               "/s": "per_second"}
+
+
+def _level(value: Any, metric: str) -> Level:
+    """A threshold as written: a number, "90%", or a quantity like "512MiB", "100Mbit/s"."""
+    unit, limits = ALERT_METRICS[metric]
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f'must be a number or a string like "90%" or "512MiB", '
+                         f"got {_show(value)}")
+    if isinstance(value, (int, float)):
+        number = float(value)
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"must be a finite number, at least 0, got {_show(value)}")
+        return Level(number)
+    text = value.strip()
+    if text.endswith("%"):
+        try:
+            percent = float(text[:-1])
+        except ValueError:
+            percent = math.nan
+        if not math.isfinite(percent) or percent < 0:
+            raise ValueError(f'expected a percentage like "90%", got {_show(value)}')
+        if unit == "ratio":
+            return Level(percent / 100)  # cpu "90%" = 0.9 of a CPU (or of the host)
+        if not limits:
+            raise ValueError(
+                f"{metric} has no limit for {_show(value)} to be a share of (rss, vsz and "
+                "threads have); give a number")
+        return Level(percent / 100, of_limit=True)
+    m = _QUANTITY.fullmatch(text)
+    if not m:
+        raise ValueError(f'expected a number, a percentage ("90%") or a quantity like '
+                         f'"512MiB" or "100M", got {_show(value)}')
+    word = m.group(3)
+    if word is not None and _UNIT_WORDS[word] != unit:
+        raise ValueError(f"{metric} is not measured in {word}, got {_show(value)}")
+    return Level(float(m.group(1)) * _SI[m.group(2) or ""])
+
+
+def _level_problem(warning: Level | None, critical: Level | None, clear: Level | None,
+                   in_override: bool = False) -> tuple[str, str] | None:
+    """(key at fault, message) when the levels do not fit together."""
+    given = [(k, v) for k, v in (("warning", warning), ("critical", critical),
+                                 ("clear", clear)) if v is not None]
+    if len({v.of_limit for _, v in given}) > 1:
+        key = next(k for k, v in given if v.of_limit != given[0][1].of_limit)
+        return key, ("mixes a share of the limit (N%) with an absolute level: write the "
+                     "levels of one rule the same way")
+    if warning is not None and critical is not None and critical.value <= warning.value:
+        return "critical", (f"must be above warning ({critical.value:g} <= "
+                            f"{warning.value:g}{' after the override' if in_override else ''})")
+    lowest = warning if warning is not None else critical
+    if clear is not None and lowest is not None and clear.value > lowest.value:
+        return "clear", (f"must not be above the {'warning' if warning else 'critical'} "
+                         f"level ({clear.value:g} > {lowest.value:g}"
+                         f"{' after the override' if in_override else ''}): a firing alert "
+                         "resolves at or below it")
+    return None
+
+
+def _alert_name(value: Any) -> str:
+    value = _Loader.string(value)
+    if not _ALERT_NAME.fullmatch(value):
+        raise ValueError("must be letters, digits and underscores, not starting with a "
+                         f'digit (like "ContextCpuHigh"), got {_show(value)}')
+    return value
+
+
+def _string_list(value: Any, what: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"must be an array of {what}, got {_show(value)}")
+    if any(not v for v in value):
+        raise ValueError("must not contain an empty string")
+    return tuple(value)
+
+
+def _globs(value: Any) -> tuple[str, ...]:
+    return _string_list(value, 'context name globs like ["web*", "db"]')
+
+
+def _context_names(value: Any) -> tuple[str, ...]:
+    names = _string_list(value, 'context names like ["web", "db"]')
+    if not names:
+        raise ValueError("must list at least one context")
+    for n in names:
+        if _GLOB_CHARS.search(n):
+            raise ValueError(f"must be context names, not globs: absent cannot tell which "
+                             f"of the contexts {_show(n)} matches should run")
+    return names
+
+
+def _summary_template(value: Any) -> str:
+    import string
+
+    value = _Loader.string(value)
+    try:
+        parts = list(string.Formatter().parse(value))
+    except ValueError as e:
+        raise ValueError(f"{e} (write {{{{ and }}}} for literal braces)") from None
+    for _literal, field_name, spec, conversion in parts:
+        if field_name is None:
+            continue
+        if field_name not in ALERT_PLACEHOLDERS:
+            raise ValueError(f"unknown placeholder {{{field_name}}}; there are "
+                             + ", ".join(f"{{{p}}}" for p in ALERT_PLACEHOLDERS)
+                             + _suggest(field_name, ALERT_PLACEHOLDERS, quote="{"))
+        if spec or conversion:
+            raise ValueError(f"placeholder {{{field_name}}} takes no format: values are "
+                             "formatted by their unit")
+    return value
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    """["prog", "arg"] runs as is; a string runs under /bin/sh -c; "" or [] is none."""
+    if isinstance(value, str):
+        if "\0" in value:
+            raise ValueError("must not contain a NUL character")
+        return ("/bin/sh", "-c", value) if value.strip() else ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f'must be a string (run by /bin/sh) or an array like '
+                         f'["/usr/local/bin/notify", "--to", "ops"], got {_show(value)}')
+    if value and not value[0]:
+        raise ValueError("the program (first element) must not be empty")
+    if any("\0" in v for v in value):
+        raise ValueError("must not contain a NUL character")
+    return tuple(value)
+
+
+def _alertmanager_url(value: Any) -> str:
+    from urllib.parse import urlsplit
+
+    value = _Loader.string(value).strip()
+    if not value:
+        return ""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f'must be an http:// or https:// URL like "http://127.0.0.1:9093", '
+                         f"got {_show(value)}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"must have no query or fragment, got {_show(value)}")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"invalid port in {_show(value)}") from None
+    return value.rstrip("/")
 
 
 def _suggest(word: str, choices, brackets: bool = False, quote: str = "") -> str:

@@ -39,7 +39,9 @@ class DaemonStats:
     poll_failures: int = 0
     missed_polls: int = 0
     sink_errors: dict[str, int] = field(default_factory=dict)
-    last_poll_duration: float = 0.0
+    last_poll_duration: float | None = None
+    last_poll_end: float | None = None
+    last_rrd_errors: int = 0  # RRD updates that failed in the last poll
 
 
 def build_sampler(cfg: Config) -> Sampler:
@@ -54,6 +56,23 @@ def build_sampler(cfg: Config) -> Sampler:
         kernel_hz=c.kernel_hz,
     )
     return Sampler(source, c.proc_root)
+
+
+def build_metrics_server(cfg: Config, daemon: "Daemon"):
+    """The Prometheus endpoint over `daemon.latest`; None when disabled."""
+    if not cfg.exporter.enabled:
+        return None
+    from exporters.http import MetricsServer
+    from exporters.prometheus import SnapshotCollector, build_registry
+
+    e = cfg.exporter
+    collector = SnapshotCollector(lambda: daemon.latest, daemon.self_metrics,
+                                  max_contexts=e.max_contexts or None, version=_version())
+    return MetricsServer(
+        e.listen, build_registry(collector), tls_cert=e.tls_cert or None,
+        tls_key=e.tls_key or None, basic_auth=dict(e.basic_auth) or None,
+        graphs_dir=cfg.graphs.dir if cfg.graphs.enabled else None,
+    )
 
 
 def build_rrd_sink(cfg: Config):
@@ -77,6 +96,7 @@ class Daemon:
         self._known: set[str] = set()
         self.sampler = build_sampler(cfg)
         self.rrd = build_rrd_sink(cfg)
+        self.server = build_metrics_server(cfg, self)
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1},
@@ -96,11 +116,17 @@ class Daemon:
                 self.stats.poll_failures += 1
                 log.exception("poll failed")
                 return None
-            self.latest = snap
             self._log_changes(snap)
             self._write(snap)
             self.stats.polls += 1
             self.stats.last_poll_duration = time.monotonic() - t0
+            self.stats.last_poll_end = time.time()
+            self.latest = snap  # from now on scrapes see it
+            if self.server is not None:
+                try:  # render the exposition now so that no scrape waits for it
+                    self.server.registry.exposition()
+                except Exception:
+                    log.exception("rendering /metrics failed")
             log.debug(
                 "poll %d: %d contexts, %d processes, %.0f ms (sample %.0f ms)",
                 self.stats.polls, len(snap.contexts),
@@ -110,12 +136,28 @@ class Daemon:
             return snap
 
     def _write(self, snap: Snapshot) -> None:
+        rrd_errors = self.rrd.error_count
         for name, sink in (("rrd", self.rrd),):
             try:
                 sink.write(snap)
             except Exception:
                 self.stats.sink_errors[name] = self.stats.sink_errors.get(name, 0) + 1
                 log.exception("%s sink failed; the other sinks go on", name)
+        self.stats.last_rrd_errors = self.rrd.error_count - rrd_errors
+
+    def self_metrics(self):
+        """What the exporter serves about the daemon itself (called at scrape time)."""
+        from exporters.prometheus import SelfMetrics
+
+        st = self.stats
+        return SelfMetrics(
+            poll_duration_seconds=st.last_poll_duration,
+            last_poll_timestamp_seconds=st.last_poll_end,
+            rrd_write_errors=st.last_rrd_errors,
+            polls_total=st.polls,
+            missed_polls_total=st.missed_polls,
+            poll_failures_total=st.poll_failures,
+        )
 
     def _log_changes(self, snap: Snapshot) -> None:
         now = {c.label for c in snap.contexts}
@@ -170,11 +212,28 @@ class Daemon:
             if new.rrd != old.rrd:
                 self.rrd.close()
                 self.rrd = build_rrd_sink(new)
+            if new.exporter != old.exporter or new.graphs.dir != old.graphs.dir:
+                self._restart_server(new, old)
             self.cfg = new
         if new.collector.interval != old.collector.interval:
             self._schedule()
         log.info("config reloaded from %s", self.config_path)
         return True
+
+    def _restart_server(self, new: Config, old: Config) -> None:
+        if self.server is not None:
+            self.server.stop()
+        try:
+            self.server = build_metrics_server(new, self)
+            if self.server is not None:
+                self.server.start()
+                log.info("serving /metrics on %s", new.exporter.listen)
+        except (OSError, ValueError) as e:
+            log.error("cannot serve on %s (%s); back to %s", new.exporter.listen, e,
+                      old.exporter.listen)
+            self.server = build_metrics_server(old, self)
+            if self.server is not None:
+                self.server.start()
 
     def run(self) -> int:
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -186,6 +245,15 @@ class Daemon:
             f" via rrdcached {self.cfg.rrd.daemon}" if self.cfg.rrd.daemon else "",
             os.getpid(),
         )
+        if self.server is not None:
+            try:
+                self.server.start()
+            except OSError as e:
+                log.error("cannot listen on %s: %s", self.cfg.exporter.listen, e.strerror or e)
+                self.rrd.close()
+                self.sampler.close()
+                return 1
+            log.info("serving /metrics on %s", self.cfg.exporter.listen)
         self._schedule()
         self.scheduler.start()
         try:
@@ -206,6 +274,8 @@ class Daemon:
                     log.error("flushing RRD updates failed: %s", e)
                 self.rrd.close()
                 self.sampler.close()
+            if self.server is not None:
+                self.server.stop()
         log.info("stopped after %d polls", self.stats.polls)
         return 0
 

@@ -645,3 +645,26 @@ def test_shipped_rule_examples_are_valid(tmp_path):
 
 def tomllib_str(value: str) -> str:
     return "'" + value + "'" if "'" not in value else '"' + value.replace("\\", "\\\\") + '"'
+
+
+def test_exporter_tls_auth_and_cap(tmp_path):
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    ok = "$2b$10$" + "a" * 53
+    path = tmp_path / "c.toml"
+    path.write_text(f'[exporter]\ntls_cert = "c.pem"\ntls_key = "c.pem"\nmax_contexts = 5\n'
+                    f'[exporter.basic_auth]\nprom = "{ok}"\n')
+    cfg = load_config(str(path))
+    assert cfg.exporter.tls_cert == str(cert) and cfg.exporter.max_contexts == 5
+    assert dict(cfg.exporter.basic_auth) == {"prom": ok}
+    for body, key in (
+        ('[exporter]\ntls_cert = "c.pem"\n', "tls_cert"),
+        ('[exporter]\ntls_cert = "missing.pem"\ntls_key = "c.pem"\n', "tls_cert"),
+        ('[exporter]\nmax_contexts = -1\n', "max_contexts"),
+        ('[exporter.basic_auth]\nprom = "secret"\n', "prom"),
+    ):
+        path.write_text(body)
+        with pytest.raises(ConfigError) as e:
+            load_config(str(path))
+        msg = str(e.value)
+        assert "\n" not in msg and key in msg and re.search(r"c\.toml:[12]: ", msg), msg

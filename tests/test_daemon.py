@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
+from rrdcached import Rrdcached
 
 from collector.procfs import CLK_TCK, PAGE_SIZE
 from exporters.rrd import rrd_path
-from rrdcached import Rrdcached
 
 POLLED = "ctxmon.daemon: poll "  # the debug line each finished poll logs
 BURN = "while True: pass"
@@ -155,6 +157,13 @@ def test_daemon_polls_real_cgroups_into_rrd_files(tmp_path, cgroup_factory, daem
     d.wait_for_log(POLLED, count=8)
     t1, cpu1 = time.time(), proc_cpu_seconds(burner.pid)
     rss = proc_rss(burner.pid) + proc_rss(toucher.pid)
+
+    # The same poll is served to Prometheus.
+    port = re.search(r'listen = "127.0.0.1:(\d+)"', open(cfg).read()).group(1)
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert f'ctxmon_context_processes{{context="{name}"}} 2.0' in metrics
+    assert "ctxmon_polls_total" in metrics
+
     assert d.stop() == 0, d.text()
     assert "Traceback" not in d.text()
 
