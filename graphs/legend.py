@@ -112,8 +112,8 @@ def plain_format(value: float | None, decimals: int = 2) -> str:
 
 def tick_format(value: float, base: int = 1000) -> str:
     """A short axis label: `0`, `500 k`, `1.5 M` (at most 3 significant digits)."""
-    if value == 0:
-        return "0"
+    if abs(value) < 1:  # counts and rates below one read better as 0.5 than 500 m
+        return f"{value:.3g}"
     scaled, symbol = auto_scale(value, base)
     text = f"{scaled:.3g}"
     return f"{text} {symbol}" if symbol else text
