@@ -135,6 +135,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Daemon(cfg, config_path=args.config).run()
 
 
+def cmd_graph(args: argparse.Namespace) -> int:
+    from graphs.__main__ import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ctxmon",
@@ -175,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-c", "--config", required=True, metavar="FILE",
                         help="TOML config file (see conf/ctxmon.toml)")
         sp.set_defaults(func=func)
+    from graphs.__main__ import add_arguments as graph_arguments
+
+    gp = sub.add_parser(
+        "graph", help="draw the graphs and HTML pages from the RRD files now",
+        description="Draw the day/week/month/year graphs and the HTML pages under "
+        "[graphs] dir from the RRD files. Graphs whose archive has no new row are kept.")
+    graph_arguments(gp)
+    gp.set_defaults(func=cmd_graph)
     return p
 
 

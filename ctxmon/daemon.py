@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -94,11 +96,14 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._known: set[str] = set()
+        self._renderer: subprocess.Popen | None = None
+        self._renderer_started = 0.0
         self.sampler = build_sampler(cfg)
         self.rrd = build_rrd_sink(cfg)
         self.server = build_metrics_server(cfg, self)
         self.scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(1)},
+            # Polls on their own thread; starting the graph renderer never waits on one.
+            executors={"default": ThreadPoolExecutor(1), "graphs": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1},
         )
         self.scheduler.add_listener(
@@ -180,6 +185,32 @@ class Daemon:
         elif event.code == EVENT_JOB_ERROR:
             log.error("job %s failed: %s", event.job_id, event.exception)
 
+    def render_graphs(self) -> None:
+        """Start `python -m graphs` in a child process, unless one still runs.
+
+        matplotlib never enters this process, and a renderer that hangs or crashes
+        cannot touch polling: it is only started, reaped and, past three intervals,
+        killed.
+        """
+        proc = self._renderer
+        if proc is not None:
+            code = proc.poll()
+            if code is None:
+                if time.monotonic() - self._renderer_started > 3 * self.cfg.graphs.interval:
+                    log.error("graph rendering ran past three intervals; killing it")
+                    proc.kill()
+                    proc.wait()
+                else:
+                    log.warning("graph rendering still running; skipping this round")
+                    return
+            elif code:
+                log.warning("graph rendering exited with status %d", code)
+        self._renderer = subprocess.Popen(
+            [sys.executable, "-m", "graphs", "-c", self.cfg.source_path or self.config_path],
+            stdin=subprocess.DEVNULL, close_fds=True,
+        )
+        self._renderer_started = time.monotonic()
+
     def _schedule(self) -> None:
         interval = self.cfg.collector.interval
         self.scheduler.add_job(
@@ -187,6 +218,15 @@ class Daemon:
             name="poll", replace_existing=True, next_run_time=_now_aware(),
             misfire_grace_time=max(1, int(interval)),
         )
+        if self.cfg.graphs.enabled and (self.cfg.source_path or self.config_path):
+            g = self.cfg.graphs.interval
+            self.scheduler.add_job(
+                self.render_graphs, IntervalTrigger(seconds=g), id="graphs", name="graphs",
+                replace_existing=True, misfire_grace_time=max(1, int(g)),
+                executor="graphs",
+            )
+        elif self.scheduler.get_job("graphs") is not None:
+            self.scheduler.remove_job("graphs")
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -215,7 +255,9 @@ class Daemon:
             if new.exporter != old.exporter or new.graphs.dir != old.graphs.dir:
                 self._restart_server(new, old)
             self.cfg = new
-        if new.collector.interval != old.collector.interval:
+        if (new.collector.interval != old.collector.interval
+                or new.graphs.interval != old.graphs.interval
+                or new.graphs.enabled != old.graphs.enabled):
             self._schedule()
         log.info("config reloaded from %s", self.config_path)
         return True
@@ -276,6 +318,13 @@ class Daemon:
                 self.sampler.close()
             if self.server is not None:
                 self.server.stop()
+            if self._renderer is not None and self._renderer.poll() is None:
+                self._renderer.terminate()
+                try:
+                    self._renderer.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self._renderer.kill()
+                    self._renderer.wait()
         log.info("stopped after %d polls", self.stats.polls)
         return 0
 

@@ -37,7 +37,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(path, rrd_dir, *, interval="1s", daemon="", extra="") -> str:
+def write_config(path, rrd_dir, *, interval="1s", daemon="", extra="",
+                 graphs='enabled = false') -> str:
     path.write_text(
         f"""
 [collector]
@@ -53,7 +54,7 @@ daemon = "{daemon}"
 listen = "127.0.0.1:{free_port()}"
 
 [graphs]
-enabled = false
+{graphs}
 {extra}
 """
     )
@@ -270,3 +271,28 @@ def test_shipped_config_checks_clean():
     r = subprocess.run([sys.executable, "-m", "ctxmon.cli", "check-config", "-c", conf],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
+
+
+def test_daemon_renders_graphs_in_a_child_and_serves_them(tmp_path, cgroup_factory, daemons):
+    graphs_dir = tmp_path / "graphs"
+    cfg = write_config(tmp_path / "ctxmon.toml", tmp_path / "rrd",
+                       graphs=f'enabled = true\ninterval = "2s"\ndir = "{graphs_dir}"')
+    cg = cgroup_factory()
+    name = os.path.basename(cg.rel)
+    cg.spawn([sys.executable, "-c", "import time; time.sleep(600)"])
+    d = daemons(cfg, tmp_path / "daemon.log")
+    d.wait_for_log(f"context appeared: {name}")
+    deadline = time.monotonic() + 60
+    page = graphs_dir / "index.html"
+    while not (page.exists() and name in page.read_text(errors="replace")):
+        assert d.proc.poll() is None, d.text()
+        assert time.monotonic() < deadline, d.text()
+        time.sleep(0.2)
+    # matplotlib stays out of the polling process: it is the child's.
+    maps = open(f"/proc/{d.proc.pid}/maps").read()
+    assert "matplotlib" not in maps
+    port = re.search(r'listen = "127.0.0.1:(\d+)"', open(cfg).read()).group(1)
+    served = urllib.request.urlopen(f"http://127.0.0.1:{port}/graphs/index.html", timeout=10)
+    assert served.status == 200 and name in served.read().decode(errors="replace")
+    assert d.stop() == 0, d.text()
+    assert "Traceback" not in d.text()
