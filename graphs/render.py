@@ -793,7 +793,8 @@ class GraphRun:
     def __init__(self, cfg, painter: Painter | None = None, top: int = TOP_N,
                  clock: Callable[[], float] = time.time):
         self.cfg = cfg
-        self.rrd_dir = cfg.rrd.dir
+        # The path the sink writes by (it resolves symlinks): rrdcached knows files by it.
+        self.rrd_dir = os.path.realpath(cfg.rrd.dir)
         self.graphs_dir = cfg.graphs.dir
         self.daemon = cfg.rrd.daemon or None
         self.pdp_step = int(cfg.rrd.step)
