@@ -199,6 +199,10 @@ def setup_logging(verbose: bool) -> None:
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt,
                         stream=sys.stderr)
+    # APScheduler logs two lines per job run at INFO; its warnings (missed runs) and
+    # errors still show, and -v shows everything.
+    if not verbose:
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -220,10 +220,12 @@ class Daemon:
         )
         if self.cfg.graphs.enabled and (self.cfg.source_path or self.config_path):
             g = self.cfg.graphs.interval
+            # The first pages come soon after the first polls, not one interval later.
+            first = min(g, 2 * interval + 5)
             self.scheduler.add_job(
                 self.render_graphs, IntervalTrigger(seconds=g), id="graphs", name="graphs",
                 replace_existing=True, misfire_grace_time=max(1, int(g)),
-                executor="graphs",
+                executor="graphs", next_run_time=_now_aware(first),
             )
         elif self.scheduler.get_job("graphs") is not None:
             self.scheduler.remove_job("graphs")
@@ -329,10 +331,10 @@ class Daemon:
         return 0
 
 
-def _now_aware():
-    from datetime import datetime, timezone
+def _now_aware(later: float = 0.0):
+    from datetime import datetime, timedelta, timezone
 
-    return datetime.now(timezone.utc)
+    return datetime.now(timezone.utc) + timedelta(seconds=later)
 
 
 def _version() -> str:
