@@ -189,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
         "[graphs] dir from the RRD files. Graphs whose archive has no new row are kept.")
     graph_arguments(gp)
     gp.set_defaults(func=cmd_graph)
+
+    from exporters.alert_rules import add_arguments as rules_arguments, main as cmd_rules
+
+    text = "print the [[alerts.rule]] entries as a Prometheus alerting rules file"
+    ru = sub.add_parser("rules", help=text, description=text + ", for Prometheus to "
+                        "evaluate the same alerts as the daemon (ctxmon_* series).")
+    rules_arguments(ru)
+    ru.set_defaults(func=cmd_rules)
     return p
 
 
