@@ -876,7 +876,7 @@ class _Loader:
             if rule.name in seen:
                 raise self.error(loc + (i, "name"), f"{_show(rule.name)} is already the name "
                                  f"of [[alerts.rule]] #{seen[rule.name] + 1}",
-                                 self._rule_describe(loc + (i,), None, "name"))
+                                 self._rule_describe(loc + (i,), rule.name, "name"))
             seen[rule.name] = i
             out.append(rule)
         return tuple(out)

@@ -677,6 +677,12 @@ class AlertEngine:
                 self._alertmanager.submit(
                     [{k: p[k] for k in fields} for p in map(self.payload, batch.values())])
 
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Until the notifications queued so far were handled (or `timeout` passed)."""
+        deadline = time.monotonic() + timeout
+        return all(n.wait_idle(max(0.0, deadline - time.monotonic()))
+                   for n in (self._command, self._alertmanager) if n is not None)
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop the notifier threads, giving queued notifications `timeout` seconds."""
         for n in (self._command, self._alertmanager):
