@@ -8,11 +8,9 @@ import fnmatch
 import http.server
 import json
 import logging
-import os
 import re
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
