@@ -494,6 +494,10 @@ class MetricsServer:
             return None
         if "\0" in name or name.startswith("/"):
             return None
+        # Dot-files are the renderer's own (state, lock, files being written); every
+        # page and PNG name is encoded never to start with a dot.
+        if any(part.startswith(".") for part in name.split("/")):
+            return None
         full = os.path.realpath(os.path.join(root, name))
         if full != root and not full.startswith(root + os.sep):
             return None

@@ -477,6 +477,8 @@ def test_graphs_are_served_and_nothing_outside(serve, tmp_path):
     (tmp_path / "secret.txt").write_text("secret")
     (graphs / "link-out").symlink_to(tmp_path / "secret.txt")
     (graphs / "dir-out").symlink_to(tmp_path)
+    (graphs / ".ctxmon-graphs-state.json").write_text('{"secret": 1}')
+    (graphs / "web" / ".cpu-day.png.tmp").write_bytes(b"secret half PNG")
     srv = serve(graphs_dir=str(graphs))
 
     assert b'href="graphs/"' in get(srv, "/")[2]
@@ -492,7 +494,9 @@ def test_graphs_are_served_and_nothing_outside(serve, tmp_path):
     for path in ("/graphs/../secret.txt", "/graphs/%2e%2e/secret.txt",
                  "/graphs/web/%2E%2E/%2e%2e/secret.txt", "/graphs/link-out",
                  "/graphs/dir-out/secret.txt", "/graphs/%2fetc%2fpasswd", "/graphs//etc/passwd",
-                 "/graphs/x%00.png", "/graphs/%ff", "/graphs/missing.png"):
+                 "/graphs/x%00.png", "/graphs/%ff", "/graphs/missing.png",
+                 "/graphs/.ctxmon-graphs-state.json", "/graphs/%2Ectxmon-graphs-state.json",
+                 "/graphs/web/.cpu-day.png.tmp"):
         status, _, body = get(srv, path)
         assert status == 404, path
         assert b"secret" not in body
