@@ -8,19 +8,18 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
+from daemonproc import POLLED, Daemon, free_port, write_config  # noqa: F401 (reused)
 from rrdcached import Rrdcached
 
 from collector.procfs import CLK_TCK, PAGE_SIZE
 from exporters.rrd import rrd_path
 
-POLLED = "ctxmon.daemon: poll "  # the debug line each finished poll logs
 BURN = "while True: pass"
 TOUCH_64M = (
     "import time\n"
@@ -29,72 +28,6 @@ TOUCH_64M = (
     "print('ready', flush=True)\n"
     "time.sleep(600)\n"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_config(path, rrd_dir, *, interval="1s", daemon="", extra="",
-                 graphs='enabled = false') -> str:
-    path.write_text(
-        f"""
-[collector]
-interval = "{interval}"
-source = "cgroup"
-
-[rrd]
-dir = "{rrd_dir}"
-step = "1s"
-daemon = "{daemon}"
-
-[exporter]
-listen = "127.0.0.1:{free_port()}"
-
-[graphs]
-{graphs}
-{extra}
-"""
-    )
-    return str(path)
-
-
-class Daemon:
-    """`ctxmon run` as a child process, its log in a file."""
-
-    def __init__(self, config: str, log_path):
-        self.log_path = log_path
-        self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ctxmon.cli", "-v", "run", "-c", config],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )
-
-    def text(self) -> str:
-        return open(self.log_path, encoding="utf-8", errors="replace").read()
-
-    def wait_for_log(self, needle: str, limit: float = 20.0, count: int = 1) -> None:
-        deadline = time.monotonic() + limit
-        while self.text().count(needle) < count:
-            assert self.proc.poll() is None, f"daemon exited:\n{self.text()}"
-            assert time.monotonic() < deadline, f"no {needle!r} in:\n{self.text()}"
-            time.sleep(0.1)
-
-    def stop(self, sig=signal.SIGTERM, limit: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=limit)
-        finally:
-            self.log.close()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture

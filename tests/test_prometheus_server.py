@@ -1,9 +1,7 @@
 """The exporter against a real Prometheus (Debian's `prometheus` package).
 
-One private Prometheus per module scrapes two exporters on loopback every second:
-`main` serves the snapshots a real cgroup sampler takes every second (the daemon's
-chain: source -> Sampler -> latest snapshot -> SnapshotCollector -> MetricsServer),
-`second` is another instance on another port, as a second host would be.
+One private Prometheus per module scrapes two real `ctxmon run` daemons on loopback
+every second, as it would two hosts.
 """
 
 from __future__ import annotations
@@ -14,92 +12,51 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
 import pytest
+from daemonproc import Daemon, write_config
+from prometheus_client.parser import text_string_to_metric_families
+from promserver import PrometheusError, PrometheusServer, find_binary
 
 from collector import build_source
 from collector.procfs import CLK_TCK
 from collector.sampler import Sampler
-from collector.snapshot import ContextSample, Snapshot
 from exporters.http import MetricsServer
 from exporters.prometheus import SelfMetrics, SnapshotCollector, build_registry
-from promserver import PrometheusError, PrometheusServer, find_binary
 
 pytestmark = pytest.mark.skipif(
     find_binary("prometheus") is None, reason="Debian package prometheus not installed"
 )
 
 
-class Poller:
-    """What `ctxmon run` does for the exporter: poll every second, keep the latest."""
-
-    def __init__(self, interval: float = 1.0):
-        self.sampler = Sampler(build_source("cgroup"))
-        self.interval = interval
-        self.latest: Snapshot | None = None
-        self.polls = 0
-        self.duration: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="test-poller", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            t0 = time.monotonic()
-            self.latest = self.sampler.sample()
-            self.polls += 1
-            self.duration = time.monotonic() - t0
-            self._stop.wait(max(0.0, self.interval - self.duration))
-
-    def self_metrics(self) -> SelfMetrics:
-        snap = self.latest
-        return SelfMetrics(
-            poll_duration_seconds=self.duration,
-            last_poll_timestamp_seconds=None if snap is None else snap.timestamp,
-            polls_total=self.polls,
-        )
-
-    def start(self) -> None:
-        self.latest = self.sampler.sample()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.sampler.close()
-
-
-def serve(poller: Poller) -> MetricsServer:
-    collector = SnapshotCollector(lambda: poller.latest, poller.self_metrics)
-    srv = MetricsServer("127.0.0.1:0", build_registry(collector))
-    srv.start()
-    return srv
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    poller = Poller()
-    poller.start()
-    servers = []
+    """Two real `ctxmon run` daemons (1 s polls) and one Prometheus scraping both."""
+    base = tmp_path_factory.mktemp("ctxmon")
+    daemons: list[Daemon] = []
     prom = None
     try:
-        servers = [serve(poller), serve(poller)]
-        instances = [f"127.0.0.1:{s.port}" for s in servers]
+        for i in range(2):
+            cfg = write_config(base / f"ctxmon{i}.toml", base / f"rrd{i}")
+            daemons.append(Daemon(cfg, base / f"daemon{i}.log"))
+        for d in daemons:
+            d.wait_for_metrics()
+        instances = [f"127.0.0.1:{d.port}" for d in daemons]
         prom = PrometheusServer(str(tmp_path_factory.mktemp("prometheus")), targets=instances)
         prom.start()
         prom.wait_for_targets(2)
-        yield prom, poller, servers, instances
+        yield prom, daemons, instances
     finally:
         if prom is not None:
             prom.stop()
-        for s in servers:
-            s.stop()
-        poller.stop()
+        for d in daemons:
+            code = d.stop()
+            assert code == 0, d.text()
 
 
-def scrape(srv: MetricsServer) -> str:
+def scrape(srv) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/metrics", timeout=10) as r:
         return r.read().decode()
 
@@ -126,26 +83,27 @@ def remove_cgroup(path: str) -> None:
             time.sleep(0.02)
 
 
-def _context_named(poller: Poller, cgroup_rel: str) -> ContextSample | None:
-    snap = poller.latest
-    if snap is None:
-        return None
-    for c in snap.contexts:
-        if c.cgroup == cgroup_rel:
-            return c
+def _context_label(daemon: Daemon, cgroup_rel: str) -> str | None:
+    """The label the daemon exports for the context of this cgroup, from its /metrics."""
+    for family in text_string_to_metric_families(daemon.metrics()):
+        if family.name == "ctxmon_context_info":
+            for sample in family.samples:
+                if sample.labels.get("id") == cgroup_rel:
+                    return sample.labels["context"]
     return None
 
 
 def test_series_exist_cpu_rate_matches_a_burning_cgroup_and_departed_contexts_go_stale(
         setup, cgroup_factory):
-    prom, poller, servers, instances = setup
+    prom, daemons, instances = setup
     inst = instances[0]
     cg = cgroup_factory()
     burner = cg.spawn([sys.executable, "-c", "while True: pass"])
 
-    # The sampler names the cgroup (the default rules name a service by its unit).
-    ctx = prom.wait_until(lambda: _context_named(poller, cg.rel), 10, "the test cgroup sampled")
-    sel = f'context="{ctx.label}",instance="{inst}"'
+    # The daemon names the cgroup (the default rules name a service by its unit).
+    label = prom.wait_until(lambda: _context_label(daemons[0], cg.rel), 10,
+                            "the test cgroup sampled")
+    sel = f'context="{label}",instance="{inst}"'
     prom.wait_for_query(f"ctxmon_context_cpu_seconds_total{{{sel}}}")
 
     # The series of the table are there for a real host.
@@ -163,11 +121,11 @@ def test_series_exist_cpu_rate_matches_a_burning_cgroup_and_departed_contexts_go
         assert name in names, name
     info = prom.values(f"ctxmon_context_info{{{sel}}}")
     assert list(info) == [frozenset({("__name__", "ctxmon_context_info"), ("job", "ctxmon"),
-                                     ("instance", inst), ("context", ctx.label),
+                                     ("instance", inst), ("context", label),
                                      ("id", cg.rel), ("source", "cgroup")})]
     assert prom.values(f"ctxmon_context_processes{{{sel}}}") == {
         frozenset({("__name__", "ctxmon_context_processes"), ("job", "ctxmon"),
-                   ("instance", inst), ("context", ctx.label)}): 1.0}
+                   ("instance", inst), ("context", label)}): 1.0}
 
     # rate() over a window against what the burner really used in it (the machine has
     # two cores and other tests run, so one CPU is not guaranteed, its own time is).
@@ -192,14 +150,14 @@ def test_series_exist_cpu_rate_matches_a_burning_cgroup_and_departed_contexts_go
     cgroup_factory.made.remove(cg)  # removed here already: nothing left to clean up
     prom.wait_for_absent(f"ctxmon_context_processes{{{sel}}}", timeout=15)
     assert prom.query(f"ctxmon_context_cpu_seconds_total{{{sel}}}") == []
-    assert f'context="{ctx.label}"' not in scrape(servers[0])
+    assert f'context="{label}"' not in daemons[0].metrics()
     # while the host itself is still exported
     assert prom.query(f'ctxmon_context_processes{{context="host",instance="{inst}"}}')
 
 
 def test_promtool_check_metrics_on_a_real_scrape_reports_nothing(setup):
-    _, _, servers, _ = setup
-    text = scrape(servers[0])
+    _, daemons, _ = setup
+    text = daemons[0].metrics()
     assert "ctxmon_context_cpu_seconds_total" in text
     r = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
                        capture_output=True, timeout=30)
@@ -208,12 +166,13 @@ def test_promtool_check_metrics_on_a_real_scrape_reports_nothing(setup):
 
 def test_promtool_accepts_hostile_context_names(setup):
     """Quotes, backslashes, newlines, HTML and non-UTF-8 bytes in names still parse."""
-    _, poller, _, _ = setup
-    real = poller.latest
+    sampler = Sampler(build_source("cgroup"))
+    real = sampler.sample()
+    sampler.close()
     odd = b'we"ird\\name\n<b>\xff'.decode("utf-8", "surrogateescape")
     snap = dataclasses.replace(real, contexts=tuple(
         dataclasses.replace(c, name=f"{odd}{i}") for i, c in enumerate(real.contexts)))
-    collector = SnapshotCollector(lambda: snap, poller.self_metrics, max_contexts=1)
+    collector = SnapshotCollector(lambda: snap, SelfMetrics, max_contexts=1)
     srv = MetricsServer("127.0.0.1:0", build_registry(collector))
     srv.start()
     try:
@@ -226,7 +185,7 @@ def test_promtool_accepts_hostile_context_names(setup):
 
 
 def test_one_prometheus_scrapes_two_ctxmon_instances(setup):
-    prom, _, _, instances = setup
+    prom, _, instances = setup
     targets = prom.targets()
     assert sorted(t["labels"]["instance"] for t in targets) == sorted(instances)
     assert {t["health"] for t in targets} == {"up"}
