@@ -70,11 +70,24 @@ def build_metrics_server(cfg: Config, daemon: "Daemon"):
     e = cfg.exporter
     collector = SnapshotCollector(lambda: daemon.latest, daemon.self_metrics,
                                   max_contexts=e.max_contexts or None, version=_version())
+    from exporters.alerts import AlertCollector
+
+    registry = build_registry(collector)
+    registry.register(AlertCollector(lambda: daemon.alerts))  # ctxmon_alert_firing ...
     return MetricsServer(
-        e.listen, build_registry(collector), tls_cert=e.tls_cert or None,
+        e.listen, registry, tls_cert=e.tls_cert or None,
         tls_key=e.tls_key or None, basic_auth=dict(e.basic_auth) or None,
         graphs_dir=cfg.graphs.dir if cfg.graphs.enabled else None,
     )
+
+
+def build_alert_engine(cfg: Config):
+    """Local alert evaluation; None when there are no [[alerts.rule]] entries."""
+    if not cfg.alerts.rules:
+        return None
+    from exporters.alerts import AlertEngine
+
+    return AlertEngine(cfg.alerts)
 
 
 def build_rrd_sink(cfg: Config):
@@ -100,6 +113,7 @@ class Daemon:
         self._renderer_started = 0.0
         self.sampler = build_sampler(cfg)
         self.rrd = build_rrd_sink(cfg)
+        self.alerts = build_alert_engine(cfg)
         self.server = build_metrics_server(cfg, self)
         self.scheduler = BackgroundScheduler(
             # Polls on their own thread; starting the graph renderer never waits on one.
@@ -123,6 +137,12 @@ class Daemon:
                 return None
             self._log_changes(snap)
             self._write(snap)
+            if self.alerts is not None:
+                try:
+                    self.alerts.evaluate(snap)
+                except Exception:
+                    self.stats.sink_errors["alerts"] = self.stats.sink_errors.get("alerts", 0) + 1
+                    log.exception("alert evaluation failed; the poll goes on")
             self.stats.polls += 1
             self.stats.last_poll_duration = time.monotonic() - t0
             self.stats.last_poll_end = time.time()
@@ -254,6 +274,13 @@ class Daemon:
             if new.rrd != old.rrd:
                 self.rrd.close()
                 self.rrd = build_rrd_sink(new)
+            if new.alerts != old.alerts:
+                if self.alerts is not None and new.alerts.rules:
+                    self.alerts.reconfigure(new.alerts)  # alert states carry over
+                else:
+                    if self.alerts is not None:
+                        self.alerts.close()
+                    self.alerts = build_alert_engine(new)
             if new.exporter != old.exporter or new.graphs.dir != old.graphs.dir:
                 self._restart_server(new, old)
             self.cfg = new
@@ -320,6 +347,8 @@ class Daemon:
                 self.sampler.close()
             if self.server is not None:
                 self.server.stop()
+            if self.alerts is not None:
+                self.alerts.close()  # gives queued notifications a few seconds
             if self._renderer is not None and self._renderer.poll() is None:
                 self._renderer.terminate()
                 try:

@@ -175,9 +175,10 @@ def _loggable(s: str) -> str:
 
 
 def _duration(seconds: float) -> str:
+    """5m, 90s, 2.7s: for log lines."""
     if seconds >= 60 and seconds % 60 == 0:
         return f"{seconds / 60:g}m"
-    return f"{seconds:g}s"
+    return f"{round(seconds, 1 if seconds < 60 else 0):g}s"
 
 
 def _iso(t: float) -> str:
