@@ -17,6 +17,11 @@ Prometheus gets the same alerts:
 - the rules of one alert name differ in their labels, as promtool wants: an override's
   alerts carry `override: <glob>`, an absent rule's its `context`.
 
+Known differences: a context that vanishes resolves its local alerts at once, while
+Prometheus still has rate() samples of it for up to the window; and contexts the
+exporter folds into context="other" (its max_contexts cap) have no series of their
+own, so Prometheus cannot alert on them (and an absent rule sees them as missing).
+
 The YAML is written here, not by a library: every string that is not a fixed word
 goes out double-quoted with escapes valid both in YAML and in PromQL/Go.
 """
