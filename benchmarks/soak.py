@@ -1,0 +1,653 @@
+#!/usr/bin/env python3
+"""Soak: many polls of the daemon's real chain under context churn and scrape load.
+
+Drives in this process what `ctxmon run` does every poll: `Sampler` on the live /proc
+and the cgroup v2 hierarchy -> `RrdSink` (direct, or through a private rrdcached with
+--rrdcached) -> the latest snapshot -> `SnapshotCollector` rendered by `MetricsServer`
+on loopback, as fast as it goes. The clock given to the sampler and the sink is fake
+and moves one RRD step (60 s) per poll, so 10,000 polls cover 10,000 steps (about a
+week of RRD time, hourly maintenance and archiving included) in minutes.
+
+Between polls contexts come and go: a new cgroup with a process in it every
+--churn-every polls, the oldest removed once more than --live are up; a shell loop
+in a steady cgroup forks and reaps short-lived processes all the time. 10 scraper
+processes hammer /metrics (every other request with gzip).
+
+Checked and printed: polls done, contexts churned, scrapes served; RSS and open
+file descriptors of this process after the warm-up and at the end; stale series
+(every few polls a scrape must list exactly the snapshot's contexts, never a removed
+one); RRD files complete (no unknown row while their context ran); connections left
+once the scrapers stop. Exit status 1 when a check fails.
+
+Run as root (it makes cgroups):
+
+    /tmp/v/bin/python benchmarks/soak.py [--polls 10000] [--rrdcached]
+
+`run_soak()` is what tests/test_soak.py runs in its short version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import gc
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))  # cgroups.py, rrdcached.py
+
+import rrdtool  # noqa: E402
+
+from collector import build_source  # noqa: E402
+from collector.sampler import Sampler  # noqa: E402
+from exporters.http import MetricsServer  # noqa: E402
+from exporters.names import encode_name  # noqa: E402
+from exporters.prometheus import SelfMetrics, SnapshotCollector, build_registry  # noqa: E402
+from exporters.rrd import ARCHIVE_DIR, CONTEXT_KINDS, RrdSink, rrd_path  # noqa: E402
+
+STEP = 60  # RRD step and fake seconds per poll
+PREFIX = "ctxmon-soak-"
+
+# A scraper: GET /metrics in a loop on fresh connections until SIGTERM, then print
+# its counts. A minimal interpreter (-S), so ten of them cost little memory.
+SCRAPER = r"""
+import http.client, json, signal, sys, time
+port, pause = int(sys.argv[1]), float(sys.argv[2])
+stop = False
+def on_term(*_):
+    global stop
+    stop = True
+signal.signal(signal.SIGTERM, on_term)
+ok = bad = n = 0
+print("ready", flush=True)
+while not stop:
+    n += 1
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        c.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"} if n % 2 else {})
+        r = c.getresponse()
+        body = r.read()
+        c.close()
+        if r.status == 200 and body:
+            ok += 1
+        else:
+            bad += 1
+    except Exception:
+        if not stop:
+            bad += 1
+    if pause:
+        time.sleep(pause)
+print(json.dumps({"ok": ok, "bad": bad}), flush=True)
+"""
+
+# Forks and reaps a short-lived process about 20 times a second, forever.
+FORKER = ["sh", "-c", "while :; do sleep 0.05; done"]
+
+
+class FakeClock:
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class SoakResult:
+    polls: int = 0
+    warmup_polls: int = 0
+    fake_seconds: int = 0
+    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process: polls, RRD writes and serving scrapes
+    contexts_churned: int = 0  # cgroups created, populated, emptied and removed
+    host_forks: int = 0  # processes forked on the whole host meanwhile (/proc/stat)
+    scrapers: int = 0
+    scrapes_served: int = 0
+    scrape_errors: int = 0
+    stale_checks: int = 0
+    stale_series: list[str] = field(default_factory=list)  # problems found, one per line
+    rss_warm: int = 0  # bytes, after the warm-up
+    rss_end: int = 0
+    fds_warm: dict = field(default_factory=dict)  # kind -> count
+    fds_end: dict = field(default_factory=dict)
+    connections_left: int = -1  # server-side TCP connections once the scrapers stopped
+    rrd_files_checked: int = 0
+    rrd_unknown: list[str] = field(default_factory=list)  # files with holes, with detail
+    poll_failures: int = 0
+    rrd_write_errors: int = 0
+    rrdcached: bool = False
+
+    @property
+    def rss_growth(self) -> int:
+        return self.rss_end - self.rss_warm
+
+    @property
+    def steady_fds_warm(self) -> int:
+        return steady_fds(self.fds_warm)
+
+    @property
+    def steady_fds_end(self) -> int:
+        return steady_fds(self.fds_end)
+
+    def problems(self, max_rss_growth: int = 5 << 20) -> list[str]:
+        """What failed, as sentences; empty when the soak held."""
+        out = []
+        if self.poll_failures:
+            out.append(f"{self.poll_failures} polls failed")
+        if self.rss_growth >= max_rss_growth:
+            out.append(f"RSS grew by {self.rss_growth / 2**20:.1f} MB after the warm-up")
+        if self.steady_fds_end != self.steady_fds_warm:
+            out.append(f"fds other than held stat files and live connections went from "
+                       f"{self.fds_warm} to {self.fds_end}")
+        if self.connections_left != 0:
+            out.append(f"{self.connections_left} connections left after the scrapers stopped")
+        if self.stale_series:
+            out.append("stale or missing series: " + "; ".join(self.stale_series[:5]))
+        if self.rrd_unknown:
+            out.append("RRD rows unknown while their context ran: " + "; ".join(self.rrd_unknown[:5]))
+        if self.scrape_errors:
+            out.append(f"{self.scrape_errors} scrapes failed")
+        if self.rrd_write_errors:
+            out.append(f"{self.rrd_write_errors} RRD updates failed")
+        return out
+
+
+# --------------------------------------------------------------------- process census
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _tcp_states() -> dict[str, str]:
+    """socket inode -> TCP state (hex, 0A = LISTEN) for this process's network namespace."""
+    out = {}
+    for name in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        try:
+            with open(name) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    out[parts[9]] = parts[3]
+        except OSError:
+            continue
+    return out
+
+
+_STAT_FD = re.compile(r"/proc/\d+/stat$")
+
+
+def fd_census() -> dict[str, int]:
+    """Open fds of this process by kind: `stat` (the scanner's held /proc/<pid>/stat),
+    `tcp-conn` (HTTP connections in flight), `tcp-listen`, `socket`, `pipe`, `file`, `other`."""
+    tcp = _tcp_states()
+    kinds: Counter = Counter()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the fd listing itself, closed meanwhile
+        if _STAT_FD.match(target):
+            kinds["stat"] += 1
+        elif target.startswith("socket:["):
+            state = tcp.get(target[8:-1])
+            kinds["socket" if state is None else "tcp-listen" if state == "0A" else "tcp-conn"] += 1
+        elif target.startswith("pipe:["):
+            kinds["pipe"] += 1
+        elif target.startswith("/"):
+            kinds["file"] += 1
+        else:
+            kinds["other"] += 1
+    return dict(kinds)
+
+
+def steady_fds(census: dict[str, int]) -> int:
+    """Fds that must not change over a soak: all but the held stat files (one per live
+    process) and HTTP connections in flight."""
+    return sum(n for kind, n in census.items() if kind not in ("stat", "tcp-conn"))
+
+
+def quiet_census(scrapers: list[subprocess.Popen], limit: float = 15.0) -> dict[str, int]:
+    """fd_census() with the scrapers stopped (SIGSTOP) and no request in flight, so that
+    no connection or file a request handler holds for a moment is counted."""
+    for p in scrapers:
+        p.send_signal(signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + limit
+        while True:
+            census = fd_census()
+            quiet = not census.get("tcp-conn") and not census.get("socket")
+            if quiet or time.monotonic() > deadline:
+                return census
+            time.sleep(0.02)
+    finally:
+        for p in scrapers:
+            p.send_signal(signal.SIGCONT)
+
+
+def host_forks() -> int:
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("processes "):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+# --------------------------------------------------------------------------- cgroups
+
+
+class Cgroup:
+    """A cgroup v2 directory with processes moved in; removed by `remove()`."""
+
+    def __init__(self, root: str, name: str):
+        self.name = name
+        self.path = os.path.join(root, name)
+        os.mkdir(self.path)
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, argv: list[str]) -> subprocess.Popen:
+        # Started, then moved in: preexec_fn is unsafe in a process with threads. The
+        # caller polls only after this returns, so no poll sees it outside.
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, close_fds=True)
+        with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
+            f.write(str(p.pid))
+        self.procs.append(p)
+        return p
+
+    def remove(self) -> None:
+        kill = os.path.join(self.path, "cgroup.kill")
+        if os.path.exists(kill):
+            with open(kill, "w") as f:
+                f.write("1")
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        self.procs.clear()
+        for _ in range(500):  # busy for a moment after its last process is reaped
+            try:
+                os.rmdir(self.path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    raise
+                time.sleep(0.01)
+        raise RuntimeError(f"{self.path}: still busy")
+
+
+# -------------------------------------------------------------------------- scrapers
+
+
+def start_scrapers(n: int, port: int, pause: float) -> list[subprocess.Popen]:
+    procs = []
+    for _ in range(n):
+        p = subprocess.Popen([sys.executable, "-S", "-c", SCRAPER, str(port), str(pause)],
+                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, close_fds=True)
+        procs.append(p)
+    for p in procs:
+        if p.stdout.readline().strip() != b"ready":
+            raise RuntimeError("a scraper did not start")
+    return procs
+
+
+def stop_scrapers(procs: list[subprocess.Popen]) -> tuple[int, int]:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    ok = bad = 0
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=60)
+            counts = json.loads(out.decode().strip().splitlines()[-1])
+            ok += counts["ok"]
+            bad += counts["bad"]
+        except (subprocess.TimeoutExpired, ValueError, IndexError):
+            p.kill()
+            p.wait()
+            bad += 1
+    return ok, bad
+
+
+# ----------------------------------------------------------------------- the checks
+
+_INFO = re.compile(r'^ctxmon_context_info\{context="((?:[^"\\]|\\.)*)"', re.MULTILINE)
+_CONTEXTS = re.compile(r"^ctxmon_contexts ([0-9.e+]+)$", re.MULTILINE)
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+        return r.read().decode("utf-8")
+
+
+def check_series(text: str, snap, departed: set[str]) -> list[str]:
+    """The scrape must list exactly the snapshot's contexts, and none of `departed`."""
+    problems = []
+    labels = [re.sub(r"\\(.)", lambda m: {"n": "\n"}.get(m.group(1), m.group(1)), x)
+              for x in _INFO.findall(text)]
+    m = _CONTEXTS.search(text)
+    if m is None or float(m.group(1)) != len(snap.contexts):
+        problems.append(f"ctxmon_contexts is {m and m.group(1)}, the snapshot has {len(snap.contexts)}")
+    if len(labels) != len(snap.contexts):
+        problems.append(f"{len(labels)} context_info series for {len(snap.contexts)} contexts")
+    stale = departed & set(labels)
+    if stale:
+        problems.append(f"departed contexts still exported: {sorted(stale)[:3]}")
+    return problems
+
+
+def _fetch_rows(path: str, start: int, end: int, resolution: int, daemon: str | None):
+    args = [path, "AVERAGE", "-r", str(resolution), "-s", str(start), "-e", str(end)]
+    if daemon:
+        args = ["--daemon", daemon, *args]
+    (s, _e, st), names, rows = rrdtool.fetch(*args)
+    # Row i covers (s + i*st, s + (i+1)*st]; it is stamped with its end.
+    return [(s + (i + 1) * st, row) for i, row in enumerate(rows)], st
+
+
+def check_rrd(path: str, first: int, last: int, end: int, daemon: str | None) -> str | None:
+    """None if every row of `path` is known while its context ran; else what is missing.
+
+    The context was polled at `first` ... `last`: rows ending at first + STEP ... last
+    must be known (a counter's first update gives no rate yet). Rows within 2 days of
+    `end` are read at the step; older ones in the 30-minute archive, where a row is
+    checked when it lies wholly inside the context's life."""
+    if not os.path.exists(path):
+        return f"{path}: missing"
+    problems = []
+    lo = first + STEP
+    fine_from = end - 2 * 86400 + 2 * STEP  # what the step archive still holds
+    s = max(lo, fine_from)
+    if last >= s:
+        rows, st = _fetch_rows(path, s - STEP, last, STEP, daemon)
+        holes = [t for t, row in rows if s <= t <= last and any(v is None for v in row)]
+        if st != STEP:
+            problems.append(f"read at {st} s, not {STEP} s")
+        elif holes:
+            problems.append(f"{len(holes)} unknown rows, first at {holes[0]}")
+    top = min(last, fine_from)
+    if top - first >= 2 * 1800:
+        rows, st = _fetch_rows(path, first, top, 1800, daemon)
+        if st == 1800:
+            holes = [t for t, row in rows
+                     if t - st >= first and t <= top and any(v is None for v in row)]
+            if holes:
+                problems.append(f"{len(holes)} unknown {st}-s rows, first at {holes[0]}")
+        else:
+            problems.append(f"old rows read at {st} s, not 1800 s")
+    return f"{path}: {', '.join(problems)}" if problems else None
+
+
+def find_context_dir(rrd_dir: str, name: str) -> list[str]:
+    """The context's directory under ctx/ and any archived ones (archive/<enc>-<stamp>)."""
+    enc = encode_name(name)
+    found = []
+    live = os.path.join(rrd_dir, "ctx", enc)
+    if os.path.isdir(live):
+        found.append(live)
+    archive = os.path.join(rrd_dir, ARCHIVE_DIR)
+    if os.path.isdir(archive):
+        for entry in os.listdir(archive):
+            if re.fullmatch(re.escape(enc) + r"-\d{14}(\.\d+)?", entry):
+                found.append(os.path.join(archive, entry))
+    return found
+
+
+# --------------------------------------------------------------------------- the soak
+
+
+def run_soak(polls: int = 10_000, warmup: int | None = None, scrapers: int = 10,
+             scrape_pause: float = 0.0, churn_every: int = 10, live: int = 8,
+             use_rrdcached: bool = False, retention: int = 7200, check_every: int = 10,
+             workdir: str | None = None, progress=None) -> SoakResult:
+    """Run the soak (see the module doc) and return its figures. Needs root and a
+    writable cgroup v2 hierarchy; everything made is removed at the end."""
+    from cgroups import v2_mount  # tests/cgroups.py
+
+    root = v2_mount()
+    if root is None:
+        raise RuntimeError("no cgroup v2 hierarchy mounted")
+    if warmup is None:
+        warmup = max(100, polls // 10)
+    if warmup >= polls:
+        raise ValueError("the warm-up must be shorter than the run")
+    res = SoakResult(scrapers=scrapers, rrdcached=use_rrdcached, warmup_polls=warmup)
+    own_tmp = workdir is None
+    base = os.path.realpath(tempfile.mkdtemp(prefix="ctxmon-soak-") if own_tmp else workdir)
+    run_id = secrets.token_hex(3)
+    cgroups: list[Cgroup] = []
+    scraper_procs: list[subprocess.Popen] = []
+    cached = server = sampler = sink = None
+    try:
+        daemon_addr = None
+        if use_rrdcached:
+            from rrdcached import Rrdcached  # tests/rrdcached.py
+
+            cached = Rrdcached(base)
+            cached.start()
+            daemon_addr = cached.addr
+        steady = Cgroup(root, f"{PREFIX}{run_id}-steady.service")
+        cgroups.append(steady)
+        steady.start(["sleep", "86400"])
+        forker = Cgroup(root, f"{PREFIX}{run_id}-forker.service")
+        cgroups.append(forker)
+        forker.start(FORKER)
+        permanent = ["host", steady.name, forker.name]
+
+        # Whole hours in the past, so that every fake time is before the real one.
+        t0 = (int(time.time()) - polls * STEP - 86400) // 3600 * 3600
+        clock = FakeClock(float(t0))
+        rrd_dir = os.path.join(base, "rrd")
+        sampler = Sampler(build_source("cgroup"), clock=clock)
+        sink = RrdSink(rrd_dir, STEP, daemon=daemon_addr, retention_seconds=retention, clock=clock)
+        state = {"latest": None, "polls": 0, "duration": None}
+
+        def self_metrics() -> SelfMetrics:
+            return SelfMetrics(poll_duration_seconds=state["duration"],
+                               last_poll_timestamp_seconds=clock.now,
+                               rrd_write_errors=0, polls_total=state["polls"])
+
+        collector = SnapshotCollector(lambda: state["latest"], self_metrics)
+        registry = build_registry(collector)
+        server = MetricsServer("127.0.0.1:0", registry)
+        server.start()
+        scraper_procs = start_scrapers(scrapers, server.port, scrape_pause)
+
+        lifetimes: dict[str, list[int]] = {}  # context label -> [first, last] poll time
+        ours: set[str] = set(permanent)
+        departed: set[str] = set()  # our contexts removed so far
+        churn: list[Cgroup] = []
+        first_ifaces: set[str] | None = None
+        made = 0
+        forks0 = host_forks()
+        wall0, cpu0 = time.monotonic(), cpu_seconds()
+        for i in range(polls):
+            if i and i % churn_every == 0:
+                made += 1
+                cg = Cgroup(root, f"{PREFIX}{run_id}-{made:05d}.service")
+                cgroups.append(cg)
+                cg.start(["sleep", "86400"])
+                churn.append(cg)
+                ours.add(cg.name)
+                if len(churn) > live:
+                    gone = churn.pop(0)
+                    gone.remove()
+                    cgroups.remove(gone)
+                    departed.add(gone.name)
+                    res.contexts_churned += 1
+            t = time.monotonic()
+            try:
+                snap = sampler.sample()
+            except Exception as e:  # counted, as the daemon does
+                res.poll_failures += 1
+                print(f"poll failed: {e!r}", file=sys.stderr)
+                clock.now += STEP
+                continue
+            errors_before = sink.error_count
+            sink.write(snap)
+            res.rrd_write_errors += sink.error_count - errors_before
+            state["latest"] = snap
+            state["polls"] += 1
+            state["duration"] = time.monotonic() - t
+            registry.exposition()  # as the daemon: rendered once, before any scrape
+            ts = int(snap.timestamp)
+            if first_ifaces is None:
+                first_ifaces = {iface.name for iface in snap.host_interfaces}
+            for c in snap.contexts:
+                if c.label in ours:
+                    span = lifetimes.setdefault(c.label, [ts, ts])
+                    span[1] = ts
+            if i % check_every == 0:
+                res.stale_checks += 1
+                res.stale_series += [f"poll {i}: {p}" for p in
+                                     check_series(scrape(server.port), snap, departed)]
+            res.polls += 1
+            if res.polls == warmup:
+                gc.collect()
+                res.rss_warm, res.fds_warm = rss_bytes(), quiet_census(scraper_procs)
+            if progress and res.polls % max(1, polls // 20) == 0:
+                progress(res)
+            clock.now += STEP
+
+        gc.collect()
+        res.rss_end, res.fds_end = rss_bytes(), quiet_census(scraper_procs)
+        res.wall_seconds = time.monotonic() - wall0
+        res.cpu_seconds = cpu_seconds() - cpu0
+        res.host_forks = host_forks() - forks0
+        res.fake_seconds = polls * STEP
+        res.scrapes_served, res.scrape_errors = stop_scrapers(scraper_procs)
+        scraper_procs = []
+        deadline = time.monotonic() + 15
+        while True:  # the server closes each connection after its response
+            res.connections_left = fd_census().get("tcp-conn", 0)
+            if res.connections_left == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+
+        # RRD completeness: every file of our contexts, over the context's life.
+        if daemon_addr:
+            sink.flush()
+        end = int(clock.now - STEP)
+        for name, (first, last) in sorted(lifetimes.items()):
+            dirs = find_context_dir(rrd_dir, name)
+            if not dirs:
+                res.rrd_unknown.append(f"{name}: no RRD directory")
+                continue
+            # An archived context's files were flushed and forgotten by rrdcached.
+            archived = f"{os.sep}{ARCHIVE_DIR}{os.sep}" in dirs[0]
+            for kind in CONTEXT_KINDS:
+                res.rrd_files_checked += 1
+                problem = check_rrd(os.path.join(dirs[0], kind + ".rrd"), first, last, end,
+                                    None if archived else daemon_addr)
+                if problem:
+                    res.rrd_unknown.append(problem)
+        # Host interfaces there from the first poll to the last (others may come and
+        # go on a shared host): over the whole run.
+        for name in sorted(first_ifaces & {i.name for i in state["latest"].host_interfaces}):
+            res.rrd_files_checked += 1
+            problem = check_rrd(rrd_path(rrd_dir, "host-if", interface=name), t0, end, end,
+                                daemon_addr)
+            if problem:
+                res.rrd_unknown.append(problem)
+        return res
+    finally:
+        if scraper_procs:
+            stop_scrapers(scraper_procs)
+        if server is not None:
+            server.stop()
+        if sink is not None:
+            sink.close()
+        if sampler is not None:
+            sampler.close()
+        for cg in reversed(cgroups):
+            try:
+                cg.remove()
+            except (OSError, RuntimeError) as e:
+                print(f"soak: cleanup: {e}", file=sys.stderr)
+        if cached is not None:
+            cached.stop()
+        if own_tmp:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def report(r: SoakResult) -> str:
+    mb = 2**20
+    return "\n".join([
+        f"polls:            {r.polls} in {r.wall_seconds:.0f} s wall, {r.cpu_seconds:.0f} s CPU "
+        f"({r.fake_seconds / 86400:.1f} days of RRD time at {STEP} s a step; "
+        f"RRD {'through rrdcached' if r.rrdcached else 'direct'})",
+        f"contexts churned: {r.contexts_churned} cgroups created, populated, emptied and removed; "
+        f"{r.host_forks} processes forked on the host meanwhile",
+        f"scrapes served:   {r.scrapes_served} to {r.scrapers} scrapers, {r.scrape_errors} failed",
+        f"RSS:              {r.rss_warm / mb:.1f} MB after {r.warmup_polls} polls of warm-up, "
+        f"{r.rss_end / mb:.1f} MB at the end ({r.rss_growth / mb:+.2f} MB)",
+        f"fds:              {r.steady_fds_warm} after the warm-up, {r.steady_fds_end} at the end "
+        f"(besides {r.fds_warm.get('stat', 0)} -> {r.fds_end.get('stat', 0)} held "
+        f"/proc/<pid>/stat files, one per live process); "
+        f"{r.connections_left} connections left after the scrapers stopped",
+        f"stale series:     {len(r.stale_series)} found in {r.stale_checks} checks",
+        f"RRD:              {r.rrd_files_checked} files checked, "
+        f"{len(r.rrd_unknown)} with unknown rows while their context ran; "
+        f"{r.rrd_write_errors} updates failed",
+        f"poll failures:    {r.poll_failures}",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--polls", type=int, default=10_000)
+    p.add_argument("--warmup", type=int, default=None,
+                   help="polls before the first RSS/fd figures (default a tenth, at least 100)")
+    p.add_argument("--scrapers", type=int, default=10)
+    p.add_argument("--scrape-pause", type=float, default=0.0,
+                   help="seconds each scraper waits between scrapes (default 0: hammer)")
+    p.add_argument("--churn-every", type=int, default=10,
+                   help="a new context every N polls (default 10)")
+    p.add_argument("--live", type=int, default=8, help="churned contexts up at once (default 8)")
+    p.add_argument("--rrdcached", action="store_true", help="write through a private rrdcached")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        p.error("run as root: the soak makes cgroups")
+
+    def progress(r: SoakResult) -> None:
+        print(f"  {r.polls} polls, {r.contexts_churned} contexts churned", file=sys.stderr)
+
+    r = run_soak(args.polls, args.warmup, args.scrapers, args.scrape_pause, args.churn_every,
+                 args.live, args.rrdcached, progress=progress)
+    print(report(r))
+    if args.json:
+        print(json.dumps({**asdict(r), "rss_growth": r.rss_growth}, indent=1))
+    problems = r.problems()
+    for line in problems:
+        print("FAILED: " + line)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
