@@ -29,6 +29,7 @@ __all__ = [
     "AlertRule",
     "AlertsConfig",
     "Level",
+    "DaemonConfig",
     "CollectorConfig",
     "Config",
     "ConfigError",
@@ -270,6 +271,11 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    user: str = ""  # drop root for this user once the port is bound; "" = stay
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     rrd: RrdConfig = field(default_factory=RrdConfig)
@@ -277,6 +283,7 @@ class Config:
     graphs: GraphsConfig = field(default_factory=GraphsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
     source_path: str | None = field(default=None, metadata={"toml": None})
 
 
@@ -690,8 +697,10 @@ class _Loader:
         graphs = self.graphs(data.get("graphs", {}))
         alerts = self.alerts(data.get("alerts", {}), collector)
         log = self.log(data.get("log", {}))
+        daemon = self.daemon(data.get("daemon", {}))
         return Config(collector=collector, rrd=rrd, exporter=exporter, graphs=graphs,
-                      alerts=alerts, log=log, source_path=os.path.abspath(self.path))
+                      alerts=alerts, log=log, daemon=daemon,
+                      source_path=os.path.abspath(self.path))
 
     def collector(self, raw: Any) -> CollectorConfig:
         loc = ("collector",)
@@ -836,6 +845,19 @@ class _Loader:
         loc = ("log",)
         raw = self.table(raw, loc, LogConfig)
         return LogConfig(level=self.get(raw, loc, "level", self.choice(*LOG_LEVELS), "info"))
+
+    def daemon(self, raw: Any) -> DaemonConfig:
+        loc = ("daemon",)
+        raw = self.table(raw, loc, DaemonConfig)
+        user = self.get(raw, loc, "user", self.string, "")
+        if user:
+            import pwd
+
+            try:
+                pwd.getpwnam(user)
+            except KeyError:
+                raise self.error(loc + ("user",), f"no such user {_show(user)}") from None
+        return DaemonConfig(user=user)
 
     # -- [alerts]
 

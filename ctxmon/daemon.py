@@ -19,7 +19,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+)
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -325,6 +329,18 @@ class Daemon:
                 self.sampler.close()
                 return 1
             log.info("serving /metrics on %s", self.cfg.exporter.listen)
+        if self.cfg.daemon.user:
+            try:
+                drop_privileges(self.cfg.daemon.user,
+                                [self.cfg.rrd.dir] + ([self.cfg.graphs.dir]
+                                                      if self.cfg.graphs.enabled else []))
+            except (OSError, KeyError) as e:
+                log.error("cannot switch to user %s: %s", self.cfg.daemon.user, e)
+                if self.server is not None:
+                    self.server.stop()
+                self.rrd.close()
+                self.sampler.close()
+                return 1
         self._schedule()
         self.scheduler.start()
         try:
@@ -358,6 +374,45 @@ class Daemon:
                     self._renderer.wait()
         log.info("stopped after %d polls", self.stats.polls)
         return 0
+
+
+def drop_privileges(user: str, data_dirs: list[str]) -> None:
+    """Become `user` for good, handing it the data folders first.
+
+    Called after the exporter's port is bound and the stat scanner has raised its
+    fd limit. A daemon already running as `user` does nothing.
+    """
+    import pwd
+
+    pw = pwd.getpwnam(user)
+    if os.getuid() == pw.pw_uid and os.geteuid() == pw.pw_uid:
+        return
+    if os.geteuid() != 0:
+        raise PermissionError(f"must start as root to become {user}")
+    for top in data_dirs:
+        os.makedirs(top, exist_ok=True)
+        for d, dirs, files in os.walk(top):
+            for name in [d] + [os.path.join(d, f) for f in dirs + files]:
+                st = os.lstat(name)
+                if (st.st_uid, st.st_gid) != (pw.pw_uid, pw.pw_gid):
+                    os.lchown(name, pw.pw_uid, pw.pw_gid)
+    os.initgroups(user, pw.pw_gid)
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+    # The graph renderer (a child) keeps matplotlib's cache where it may write.
+    if data_dirs:
+        os.environ.setdefault("MPLCONFIGDIR", os.path.join(data_dirs[-1], ".matplotlib"))
+    os.environ["HOME"] = pw.pw_dir
+    log.info("running as user %s (uid %d)", user, pw.pw_uid)
+    # Modules imported later (the graph renderer is a new interpreter) must be
+    # readable by the user: say so now rather than fail at the first render.
+    import graphs
+
+    for path in (os.path.realpath(sys.executable), os.path.dirname(graphs.__file__),
+                 os.path.dirname(os.__file__)):
+        if not os.access(path, os.R_OK | os.X_OK):
+            log.warning("user %s cannot read %s: the graph renderer will fail; "
+                        "install ctxmon where %s can read it", user, path, user)
 
 
 def _now_aware(later: float = 0.0):

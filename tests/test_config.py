@@ -18,6 +18,7 @@ from ctxmon.config import (
     ConfigError,
     ExporterConfig,
     GraphsConfig,
+    DaemonConfig,
     LogConfig,
     RrdConfig,
     RULE_KEYS,
@@ -614,7 +615,8 @@ def test_shipped_config_documents_every_key():
     text = SHIPPED.read_text(encoding="utf-8")
     data = tomllib.loads(text)
     tables = {"collector": CollectorConfig, "rrd": RrdConfig, "exporter": ExporterConfig,
-              "graphs": GraphsConfig, "alerts": AlertsConfig, "log": LogConfig}
+              "graphs": GraphsConfig, "alerts": AlertsConfig, "log": LogConfig,
+              "daemon": DaemonConfig}
     assert set(tables) == set(toml_keys(Config))
     rules = _commented_rule_examples(text)
     assert rules, "the rule examples are gone"
@@ -668,3 +670,13 @@ def test_exporter_tls_auth_and_cap(tmp_path):
             load_config(str(path))
         msg = str(e.value)
         assert "\n" not in msg and key in msg and re.search(r"c\.toml:[12]: ", msg), msg
+
+
+def test_daemon_user_must_exist(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[daemon]\nuser = "nobody"\n')
+    assert load_config(str(path)).daemon.user == "nobody"
+    path.write_text('[daemon]\n\nuser = "no-such-user-ctxmon"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path))
+    assert "c.toml:3:" in str(e.value) and "user" in str(e.value)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from daemonproc import POLLED, Daemon, free_port, write_config  # noqa: F401 (reused)
@@ -229,3 +230,38 @@ def test_daemon_renders_graphs_in_a_child_and_serves_them(tmp_path, cgroup_facto
     assert served.status == 200 and name in served.read().decode(errors="replace")
     assert d.stop() == 0, d.text()
     assert "Traceback" not in d.text()
+
+
+def test_daemon_drops_root_for_the_configured_user(cgroup_factory, daemons):
+    import pwd
+    import tempfile
+
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+    # pytest's tmp_path is root-only (0700): the user could not reach its data there.
+    base = tempfile.mkdtemp(prefix="ctxmon-user-", dir="/tmp")
+    try:
+        os.chmod(base, 0o755)
+        rrd_dir = os.path.join(base, "rrd")
+        os.makedirs(os.path.join(rrd_dir, "host"))  # left by an earlier run as root
+        cfg = write_config(Path(base) / "ctxmon.toml", rrd_dir,
+                           extra='[daemon]\nuser = "nobody"\n')
+        cg = cgroup_factory()
+        name = os.path.basename(cg.rel)
+        cg.spawn([sys.executable, "-c", "import time; time.sleep(600)"])
+        d = daemons(cfg, Path(base) / "daemon.log")
+        d.wait_for_log("running as user nobody")
+        d.wait_for_log(POLLED, count=3)
+        uid_line = next(x for x in open(f"/proc/{d.proc.pid}/status") if x.startswith("Uid:"))
+        assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
+        # root's processes are still sampled, and the files are the user's
+        assert f'ctxmon_context_processes{{context="{name}"}} 1.0' in d.metrics()
+        tasks = rrd_path(rrd_dir, "tasks", context=name)
+        assert os.stat(tasks).st_uid == nobody.pw_uid
+        assert os.stat(os.path.join(rrd_dir, "host")).st_uid == nobody.pw_uid
+        assert d.stop() == 0, d.text()
+        assert "Traceback" not in d.text()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
