@@ -124,6 +124,7 @@ class SoakResult:
     rss_end: int = 0
     fds_warm: dict = field(default_factory=dict)  # kind -> count
     fds_end: dict = field(default_factory=dict)
+    processes_end: int = 0  # processes on the host when fds_end was taken
     connections_left: int = -1  # server-side TCP connections once the scrapers stopped
     rrd_files_checked: int = 0
     rrd_unknown: list[str] = field(default_factory=list)  # files with holes, with detail
@@ -536,6 +537,7 @@ def run_soak(polls: int = 10_000, warmup: int | None = None, scrapers: int = 10,
 
         gc.collect()
         res.rss_end, res.fds_end = rss_bytes(), quiet_census(scraper_procs)
+        res.processes_end = sum(1 for n in os.listdir("/proc") if n.isdigit())
         res.wall_seconds = time.monotonic() - wall0
         res.cpu_seconds = cpu_seconds() - cpu0
         res.host_forks = host_forks() - forks0
@@ -608,7 +610,7 @@ def report(r: SoakResult) -> str:
         f"{r.rss_end / mb:.1f} MB at the end ({r.rss_growth / mb:+.2f} MB)",
         f"fds:              {r.steady_fds_warm} after the warm-up, {r.steady_fds_end} at the end "
         f"(besides {r.fds_warm.get('stat', 0)} -> {r.fds_end.get('stat', 0)} held "
-        f"/proc/<pid>/stat files, one per live process); "
+        f"/proc/<pid>/stat files, one per live process: {r.processes_end} at the end); "
         f"{r.connections_left} connections left after the scrapers stopped",
         f"stale series:     {len(r.stale_series)} found in {r.stale_checks} checks",
         f"RRD:              {r.rrd_files_checked} files checked, "

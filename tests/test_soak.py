@@ -1,0 +1,86 @@
+"""The soak of benchmarks/soak.py in its short version: 300 polls of the real chain
+(cgroup sampler -> RRD files -> /metrics) on a fake clock, with cgroups and processes
+coming and going and 10 scraper processes hammering /metrics.
+
+Also checks that the soak's own checks can fail: a hole in an RRD file and a stale
+series are caught.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+import cgroups
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+
+import soak  # noqa: E402  (benchmarks/soak.py)
+
+from collector.snapshot import ContextSample, Snapshot  # noqa: E402
+from exporters.rrd import RrdSink, rrd_path  # noqa: E402
+
+
+def _ctx(name: str, k: int) -> ContextSample:
+    return ContextSample(
+        key=name, name=name, ctx_id="1", source="cgroup", processes=1, threads=1,
+        vsz_bytes=1 << 20, rss_bytes=1 << 19, cpu_user_seconds=float(k),
+        cpu_system_seconds=k / 2, cpu_accounting="kernel", live_user_seconds=0.0,
+        live_system_seconds=0.0, start_time=None, uptime_seconds=None,
+        first_process_start=None)
+
+
+def _snap(ts: int, *contexts: ContextSample) -> Snapshot:
+    return Snapshot(timestamp=ts, duration_seconds=0.0, source="cgroup", contexts=contexts,
+                    host_interfaces=(), host_uptime_seconds=1.0)
+
+
+def test_the_rrd_check_finds_a_hole_while_the_context_ran(tmp_path):
+    t0 = 1_700_000_000 // 3600 * 3600
+    sink = RrdSink(str(tmp_path), soak.STEP)
+    # Three polls missed: longer than the heartbeat (two steps), so rows are unknown.
+    polls = [t0 + k * soak.STEP for k in range(40) if not 25 <= k <= 27]
+    for k, ts in enumerate(polls):
+        sink.write(_snap(ts, _ctx("a", k)))
+    end = polls[-1]
+    path = rrd_path(str(tmp_path), "cpu", context="a")
+    problem = soak.check_rrd(path, t0, end, end, None)
+    assert problem is not None and "unknown" in problem
+    # Before the hole the file is complete, and the check says so.
+    assert soak.check_rrd(path, t0, t0 + 20 * soak.STEP, end, None) is None
+
+
+def test_the_series_check_finds_a_departed_context():
+    snap = _snap(1000, _ctx("a", 1))
+    text = ('ctxmon_context_info{context="a",id="a",source="cgroup"} 1.0\n'
+            'ctxmon_context_info{context="gone",id="gone",source="cgroup"} 1.0\n'
+            "ctxmon_contexts 1.0\n")
+    problems = soak.check_series(text, snap, departed={"gone"})
+    assert any("departed" in p for p in problems), problems
+    fine = 'ctxmon_context_info{context="a",id="a",source="cgroup"} 1.0\nctxmon_contexts 1.0\n'
+    assert soak.check_series(fine, snap, departed={"gone"}) == []
+
+
+def test_300_polls_with_churn_and_10_scrapers_hold(tmp_path):
+    reason = cgroups.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    r = soak.run_soak(polls=300, warmup=100, scrapers=10, churn_every=10, live=8,
+                      workdir=str(tmp_path))
+    print(soak.report(r))
+    assert r.polls == 300 and r.poll_failures == 0
+    assert r.contexts_churned >= 20  # 29 made, 8 still up at the end
+    assert r.scrapes_served > 100 and r.scrape_errors == 0
+    assert r.rss_growth < 5 << 20, soak.report(r)
+    assert r.steady_fds_end == r.steady_fds_warm, (r.fds_warm, r.fds_end)
+    # One held stat file per live process, never one per process ever seen.
+    assert r.fds_end.get("stat", 0) <= r.processes_end + 20, (r.fds_end, r.processes_end)
+    assert r.host_forks > r.processes_end  # more processes came and went than are up
+    assert r.connections_left == 0
+    assert r.stale_checks == 30 and r.stale_series == []
+    # host, the two steady contexts, and 29 churned ones: three files each.
+    assert r.rrd_files_checked >= 3 * 32
+    assert r.rrd_unknown == [] and r.rrd_write_errors == 0
+    assert r.problems() == []
