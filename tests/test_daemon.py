@@ -123,7 +123,7 @@ def test_daemon_polls_real_cgroups_into_rrd_files(tmp_path, cgroup_factory, daem
     # CPU: the burner used (cpu1 - cpu0) / (t1 - t0) of a CPU; the file says the same.
     expected = (cpu1 - cpu0) / (t1 - t0)
     last = int(rrdtool("last", cpu))
-    rows = fetch(cpu, "AVERAGE", last - 6, last - 1)
+    rows = fetch(cpu, "AVERAGE", last - 8, last - 1)
     rates = [(u + s) / 1e6 for _, (u, s) in rows if not (math.isnan(u) or math.isnan(s))]
     assert len(rates) >= 3, rows
     measured = sum(rates) / len(rates)
