@@ -9,12 +9,13 @@ VENV := .venv
 CONFIG ?= conf/ctxmon.toml
 PYTEST_ARGS ?=
 
-# What the bindings build against, and the real peers the tests run: rrdcached,
-# Prometheus (and promtool), Alertmanager, headless Chromium, openssl for TLS.
-APT_PACKAGES := gcc pkg-config python3-dev python3-venv librrd-dev rrdtool rrdcached \
-	prometheus prometheus-alertmanager chromium openssl
+# What the rrdtool bindings build against, and rrdtool itself.
+RUN_PACKAGES := gcc pkg-config python3-dev python3-venv librrd-dev rrdtool
+# The real peers the tests run (never as system services): rrdcached, Prometheus
+# (and promtool), Alertmanager, headless Chromium, openssl for TLS certificates.
+TEST_PACKAGES := rrdcached prometheus prometheus-alertmanager chromium openssl
 
-.PHONY: run test stat setup deps clean
+.PHONY: run test stat setup deps test-deps clean
 
 run: setup
 	$(VENV)/bin/ctxmon run -c $(CONFIG)
@@ -22,19 +23,16 @@ run: setup
 stat: setup
 	$(VENV)/bin/ctxmon stat
 
-test: setup
+test: setup test-deps
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 setup: deps $(VENV)/.installed
 
 deps:
-	@missing=""; for p in $(APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  ./.ci/apt-install $$missing; \
-	fi
+	@./.ci/apt-install --missing $(RUN_PACKAGES)
+
+test-deps:
+	@./.ci/apt-install --missing $(TEST_PACKAGES)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
