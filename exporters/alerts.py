@@ -37,6 +37,7 @@ import os
 import queue
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -618,6 +619,18 @@ class AlertEngine:
         """The levels that apply to a context, in its metrics' own units."""
         snap = self._latest
         c = snap.context(context) if snap is not None else None
+        return self._thresholds(context, c)
+
+    def all_thresholds(self) -> dict[str, list[Threshold]]:
+        """thresholds() of every context of the latest snapshot that has any."""
+        out: dict[str, list[Threshold]] = {}
+        for c in (self._latest.contexts if self._latest is not None else ()):
+            levels = self._thresholds(c.label, c)
+            if levels:
+                out[c.label] = levels
+        return out
+
+    def _thresholds(self, context: str, c: ContextSample | None) -> list[Threshold]:
         out = []
         for rule in self._rules:
             if rule.metric == "absent":
@@ -871,6 +884,88 @@ class AlertmanagerNotifier(_Notifier):
             raise NotifyError(f"{self.url}: {getattr(e, 'reason', e)}") from None
 
 
+# ------------------------------------------------------------ hand-over to graphs
+
+ALERT_STATE_FILE = ".ctxmon-alerts.json"  # in [graphs] dir; a dot-file: /graphs/ never serves it
+ALERT_STATE_VERSION = 1
+_state_write_failing: dict[str, str] = {}  # path -> the error logged, until a write succeeds
+
+
+def _finite(v: float | None) -> float | None:
+    return v if v is not None and math.isfinite(v) else None  # JSON has no NaN or Inf
+
+
+def alert_state(engine: AlertEngine | None) -> dict[str, Any]:
+    """What the graph renderer (a child process) needs of the alerts, as plain data:
+    the pending and firing alerts, and per context the levels that apply, in each
+    metric's own unit (bytes, counts, a ratio of one CPU, of the host, bits/s).
+    No engine (no rules): no alerts and no levels."""
+    alerts, levels = [], {}
+    if engine is not None:
+        for a in engine.active():
+            if a.state not in (PENDING, FIRING):
+                continue
+            alerts.append({
+                "alert": a.name, "context": a.context, "severity": a.severity,
+                "state": a.state, "metric": a.metric, "unit": a.unit,
+                "value": _finite(a.value), "threshold": _finite(a.threshold),
+                "since": a.active_since, "fired_at": a.fired_at, "summary": a.summary,
+            })
+        for context, thresholds in engine.all_thresholds().items():
+            levels[context] = [{"alert": t.alert, "metric": t.metric, "severity": t.severity,
+                                "value": t.value} for t in thresholds if math.isfinite(t.value)]
+    return {"version": ALERT_STATE_VERSION,
+            "host_cpus": engine.cpus if engine is not None else os.cpu_count() or 1,
+            "alerts": alerts, "thresholds": levels}
+
+
+def write_alert_state(engine: AlertEngine | None, path: str) -> bool:
+    """Write alert_state(engine) as JSON to `path` (normally ALERT_STATE_FILE in the
+    graphs folder) when it differs from what the file holds; True when it wrote.
+
+    Atomic (a temporary file in the same folder, then a rename), so the renderer never
+    reads half a file. Never raises: a failure is logged once when it starts and once
+    when it clears, and gives False."""
+    # ensure_ascii: names holding undecodable bytes (lone surrogates) stay valid JSON
+    # text and read back as the same str.
+    data = (json.dumps(alert_state(engine), sort_keys=True, ensure_ascii=True,
+                       separators=(",", ":")) + "\n").encode("ascii")
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(data) + 1) == data:
+                _state_written(path)
+                return False
+    except OSError:
+        pass  # missing or unreadable: written anew
+    directory = os.path.dirname(path) or "."
+    tmp = None
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-alerts-", dir=directory)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        why = e.strerror or str(e)
+        if _state_write_failing.get(path) != why:
+            log.warning("cannot write the alert state for the graphs (%s): %s", path, why)
+        _state_write_failing[path] = why
+        return False
+    _state_written(path)
+    return True
+
+
+def _state_written(path: str) -> None:
+    if _state_write_failing.pop(path, None) is not None:
+        log.info("alert state for the graphs written again (%s)", path)
+
+
 # ------------------------------------------------------------------ Prometheus
 
 
@@ -917,8 +1012,9 @@ class AlertCollector(Collector):
 
 
 __all__ = [
-    "Alert", "AlertCollector", "AlertEngine", "AlertmanagerNotifier", "CommandNotifier",
-    "CompiledRule", "NotifyError", "Settings", "Threshold", "Transition", "alert_metric_family",
-    "default_summary", "format_value", "host_cpus_family", "humanize", "humanize1024",
-    "humanize_percentage", "prom_rate", "render_summary", "value_unit",
+    "ALERT_STATE_FILE", "Alert", "AlertCollector", "AlertEngine", "AlertmanagerNotifier",
+    "CommandNotifier", "CompiledRule", "NotifyError", "Settings", "Threshold", "Transition",
+    "alert_metric_family", "alert_state", "default_summary", "format_value", "host_cpus_family",
+    "humanize", "humanize1024", "humanize_percentage", "prom_rate", "render_summary",
+    "value_unit", "write_alert_state",
 ]
