@@ -21,6 +21,7 @@ from urllib.parse import quote
 from .legend import auto_scale, display_name
 
 if TYPE_CHECKING:
+    from .alertstate import AlertShown, AlertState
     from .render import ContextEntry, ContextFigures, GraphSpec, Plan
 
 PAGE_NAMES = {"day": "index.html", "week": "week.html", "month": "month.html", "year": "year.html"}
@@ -47,7 +48,25 @@ th,td{padding:.3em .5em;border-bottom:1px solid #ddd;text-align:right;white-spac
 th{background:#e8e8e8}
 th:first-child,td:first-child{text-align:left;white-space:normal;overflow-wrap:anywhere;min-width:8em}
 footer{color:#666;font-size:.8em;padding:0 1em 1em;text-align:center}
+.alerts{margin:.6em 0 1em;border:2px solid #b71c1c;border-radius:4px;background:#fff}
+.alerts.warning{border-color:#c77c00}
+.alerts.pending{border-color:#888}
+.alerts h2{margin:0;padding:.35em .6em;background:#b71c1c;color:#fff}
+.alerts.warning h2{background:#ffb000;color:#222}
+.alerts.pending h2{background:#666;color:#fff}
+.alerts ul{list-style:none;margin:0;padding:0}
+.alerts li{padding:.4em .6em;border-top:1px solid #ddd;overflow-wrap:anywhere}
+.alerts li.critical{background:#ffebee}
+.alerts li.warning{background:#fff8e1}
+.alerts li.pending{background:#f6f6f6;color:#555}
+.alerts a{color:inherit}
+.sev{display:inline-block;min-width:5.2em;text-align:center;padding:0 .3em;margin-right:.3em;border-radius:3px;font-size:.8em;font-weight:bold;text-transform:uppercase}
+.sev.critical{background:#b71c1c;color:#fff}
+.sev.warning{background:#ffb000;color:#222}
+.sev.pending{background:#ddd;color:#333}
+.since{color:#666;font-size:.85em;white-space:nowrap}
 """
+BANNER_MAX = 20  # alerts listed on a page; more are counted
 
 
 def page_name(period: str) -> str:
@@ -85,6 +104,55 @@ def _when(t: int | None) -> str:
     return "–" if not t else time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
 
 
+def _alert_item(a: "AlertShown", link: str | None, pending: bool = False) -> str:
+    cls = "pending" if pending else html.escape(a.severity, quote=True)
+    badge = f"{html.escape(a.severity)} pending" if pending else html.escape(a.severity)
+    name = esc(a.context)
+    where = f'<a href="{link}">{name}</a>' if link else name
+    since = a.since if pending or a.fired_at is None else a.fired_at
+    when = f' <span class="since">{"pending" if pending else "firing"} since {_when(int(since))}</span>' \
+        if since else ""
+    return (f'<li class="{cls}"><span class="sev {cls}">{badge}</span> <strong>{esc(a.alert)}</strong> '
+            f"on {where}: {esc(a.summary)}{when}</li>\n")
+
+
+def alert_banner(alerts: "AlertState | None", link: Callable[[str], str | None],
+                 context: str | None = None, others_link: str | None = None) -> str:
+    """The alerts at the top of a page: firing ones (the worst first), then pending
+    ones. `context`: only that context's, with a line counting the others' firing
+    alerts linked to `others_link`. `link(context)` is a context's page, or None."""
+    if alerts is None:
+        return ""
+    firing, pending = alerts.firing, alerts.pending
+    others = 0
+    if context is not None:
+        others = sum(1 for a in firing if a.context != context)
+        firing = [a for a in firing if a.context == context]
+        pending = [a for a in pending if a.context == context]
+    if not firing and not pending and not others:
+        return ""
+    if firing:
+        n = len(firing)
+        cls = "critical" if any(a.severity == "critical" for a in firing) else "warning"
+        heading = f"{n} alert{'s' if n != 1 else ''} firing"
+    elif pending:
+        cls, heading = "pending", f"{len(pending)} alert{'s' if len(pending) != 1 else ''} pending"
+    else:
+        cls, heading = "pending", "No alert firing here"
+    items = [_alert_item(a, link(a.context)) for a in firing[:BANNER_MAX]]
+    room = max(0, BANNER_MAX - len(items))
+    items += [_alert_item(a, link(a.context), pending=True) for a in pending[:room]]
+    hidden = len(firing) + len(pending) - len(items)
+    if hidden > 0:
+        items.append(f'<li class="pending">… and {hidden} more</li>\n')
+    if others:
+        text = f"{others} alert{'s' if others != 1 else ''} firing on other contexts"
+        items.append('<li class="pending">' + (f'<a href="{others_link}">{text}</a>' if others_link else text)
+                     + "</li>\n")
+    return (f'<section class="alerts {cls}" aria-label="Alerts">\n<h2>{heading}</h2>\n<ul>\n'
+            + "".join(items) + "</ul>\n</section>\n")
+
+
 def _page(title: str, heading: str, nav: str, body: str, refresh: int, now: int, home: str) -> str:
     return (
         "<!DOCTYPE html>\n"
@@ -119,10 +187,19 @@ def _figure(src_segments: Sequence[str], rel_path: str, alt: str, exists: Callab
 
 
 def index_page(host: str, period: str, plan: "Plan", figures: Mapping[str, "ContextFigures"],
-               refresh: int, exists: Callable[[str], bool], now: int, size: tuple[int, int]) -> str:
-    """The overview page of one period."""
+               refresh: int, exists: Callable[[str], bool], now: int, size: tuple[int, int],
+               alerts: "AlertState | None" = None) -> str:
+    """The overview page of one period, with every context's alerts on top."""
+    from exporters.names import encode_name
+
     host_e = esc(host)
-    parts = []
+    pages = set(plan.context_specs)
+
+    def link(context: str) -> str | None:
+        slug = encode_name(context)
+        return url("ctx", slug, page_name(period)) if slug in pages else None
+
+    parts = [alert_banner(alerts, link)]
     titles = {"host-cpu": "CPU by context", "host-mem": "Memory (RSS) by context",
               "host-tasks": "Processes by context"}
     for spec in plan.host_specs:
@@ -159,12 +236,27 @@ def index_page(host: str, period: str, plan: "Plan", figures: Mapping[str, "Cont
     return _page(title, f"ctxmon on {host_e}", _nav(period), "".join(parts), refresh, now, page_name(period))
 
 
+def _alert_context(alerts: "AlertState | None", entry: "ContextEntry") -> str | None:
+    """The name the alerts know the context by: the one whose encoding is its folder
+    (its decoded name may be cut short); its own name when no alert is about it."""
+    if alerts is None:
+        return None
+    from exporters.names import encode_name
+
+    for a in alerts.alerts:
+        if encode_name(a.context) == entry.slug:
+            return a.context
+    return entry.name
+
+
 def context_page(host: str, period: str, entry: "ContextEntry", specs: Sequence["GraphSpec"],
                  figures: "ContextFigures | None", refresh: int, exists: Callable[[str], bool], now: int,
-                 size: tuple[int, int]) -> str:
-    """One context's page of one period (lives in ctx/<slug>/)."""
+                 size: tuple[int, int], alerts: "AlertState | None" = None) -> str:
+    """One context's page of one period (lives in ctx/<slug>/), its alerts on top."""
     name_e = esc(entry.name)
-    parts = []
+    home = "../../" + page_name(period)
+    context = _alert_context(alerts, entry)
+    parts = [alert_banner(alerts, lambda _c: None, context, home)] if context is not None else []
     if figures is not None:
         parts.append(
             '<section>\n<div class="scroll"><table>\n<thead><tr><th scope="col">Now</th>'
@@ -181,7 +273,6 @@ def context_page(host: str, period: str, entry: "ContextEntry", specs: Sequence[
         parts.append("</section>\n")
     if not specs:
         parts.append('<p class="missing">No graphs for this context.</p>\n')
-    home = "../../" + page_name(period)
     heading = f'<a href="{home}">ctxmon on {esc(host)}</a> › {name_e}'
     title = f"{name_e} – ctxmon on {esc(host)}: {PERIOD_TITLES[period].lower()}"
     return _page(title, heading, _nav(period), "".join(parts), refresh, now, home)

@@ -41,6 +41,8 @@ import rrdtool
 from exporters.names import decode_name, encode_name
 from exporters.rrd import CONTEXT_KINDS, CTX_DIR, RrdFile, fetch, list_rrd_files, rra_layout
 
+from .alertstate import EMPTY as NO_ALERTS
+from .alertstate import AlertState, read_alert_state
 from .legend import Stats, display_name, legend_stats
 
 log = logging.getLogger("ctxmon.graphs")
@@ -74,6 +76,14 @@ RSS_COLOR = "#00AA88"
 VSZ_COLOR = "#AA0066"
 PROC_COLOR = "#6699FF"
 THREAD_COLOR = "#CC3300"
+# Threshold lines (dashed, over the data) and their labels, darker for contrast on white.
+WARNING_COLOR = "#FFB000"
+CRITICAL_COLOR = "#FF0000"
+WARNING_TEXT = "#8A5A00"
+CRITICAL_TEXT = "#C00000"
+# A level is drawn on the scale of the data when it is at most this many times the
+# data's peak; a higher one would squash the data flat, so it is named above the plot.
+THRESHOLD_SCALE = 4.0
 
 
 class GraphError(Exception):
@@ -289,6 +299,52 @@ class Chart:
     base: int | None  # 1000 or 1024 for SI figures, None for plain (percent)
     last_update: int | None
     stats_table: bool  # Cur/Min/Avg/Max columns, else a colour key
+    thresholds: list["ThresholdLine"] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdLine:
+    """An alert level drawn across a graph, in the graph's own unit."""
+
+    label: str  # what it is a level of, e.g. "RSS"
+    severity: str  # warning or critical
+    value: float
+
+    @property
+    def color(self) -> str:
+        return CRITICAL_COLOR if self.severity == "critical" else WARNING_COLOR
+
+    @property
+    def text_color(self) -> str:
+        return CRITICAL_TEXT if self.severity == "critical" else WARNING_TEXT
+
+
+# graph kind -> {alert metric: (label, factor from the metric's unit to the graph's)};
+# "host_cpus" stands for the host's CPU count (cpu_host is a share of all of them).
+_THRESHOLD_METRICS: dict[str, dict[str, tuple[str, float | str]]] = {
+    "ctx-cpu": {"cpu": ("CPU", 100.0), "cpu_host": ("CPU", "host_cpus")},
+    "ctx-mem": {"rss": ("RSS", 1.0), "vsz": ("VSZ", 1.0)},
+    "ctx-tasks": {"processes": ("processes", 1.0), "threads": ("threads", 1.0)},
+    # The rules compare the sum over the context's own interfaces: drawn on each.
+    "traffic": {"net_receive_bps": ("In", 1.0), "net_transmit_bps": ("Out", 1.0)},
+}
+
+
+def threshold_lines(spec: "GraphSpec", levels: Iterable, host_cpus: int = 1) -> list[ThresholdLine]:
+    """The levels (graphs.alertstate.LevelShown: metric, severity, value in the metric's
+    unit) that belong on a context's graph, in the graph's unit; none on host graphs."""
+    if spec.context is None:
+        return []
+    metrics = _THRESHOLD_METRICS.get(spec.kind, {})
+    out: dict[tuple[str, str, float], ThresholdLine] = {}
+    for lv in levels:
+        if lv.metric not in metrics:
+            continue
+        label, factor = metrics[lv.metric]
+        value = lv.value * (100.0 * host_cpus if factor == "host_cpus" else float(factor))
+        if math.isfinite(value) and value >= 0:
+            out.setdefault((label, lv.severity, value), ThresholdLine(label, lv.severity, value))
+    return sorted(out.values(), key=lambda t: (t.value, t.label, t.severity))
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,6 +621,39 @@ def y_scale(peak: float, base: int | None) -> tuple[float, list[float]]:
     return top * unit, [i * step * unit for i in range(count + 1)]
 
 
+def data_peak(chart: Chart) -> float:
+    """The highest point the chart's data reaches: the top of the stacked areas (an
+    unknown row adds nothing to the rows above it) or of a line; 0 without data."""
+    peak = 0.0
+    baseline: list[float] | None = None
+    for layer in chart.layers:
+        values = layer.values
+        if baseline is None:
+            baseline = [0.0] * len(values)
+        if layer.style == "area":
+            top = [b + v for b, v in zip(baseline, values)]
+            baseline = [b + (0.0 if math.isnan(v) else v) for b, v in zip(baseline, values)]
+        else:
+            top = list(values)
+        known = [v for v in top if math.isfinite(v)]
+        if known:
+            peak = max(peak, max(known))
+    return peak
+
+
+def axis_scale(chart: Chart) -> tuple[float, list[float], list[ThresholdLine]]:
+    """(top of the y axis, its ticks, the threshold lines above it). The axis covers
+    the data and the levels up to THRESHOLD_SCALE times the data's peak (all levels
+    when there is no data)."""
+    peak = data_peak(chart)
+    reach = peak * THRESHOLD_SCALE if peak > 0 else math.inf
+    for t in chart.thresholds:
+        if t.value <= reach:
+            peak = max(peak, t.value)
+    y_top, ticks = y_scale(peak, chart.base)
+    return y_top, ticks, [t for t in chart.thresholds if t.value > y_top]
+
+
 class Painter:
     """Draws Charts as PNGs of exactly width x height pixels, in rrdtool's classic look.
 
@@ -604,6 +693,11 @@ class Painter:
     def x_pixel(self, chart: Chart, t: float) -> float:
         """Image column of time `t`."""
         return self.LEFT + (t - chart.start) / (chart.end - chart.start) * self.plot_width
+
+    def y_pixel(self, chart: Chart, value: float) -> float:
+        """Image row (from the top, fractional) of `value` on the chart's y axis."""
+        y_top = axis_scale(chart)[0]
+        return self.TOP + self.plot_height * (1 - value / y_top)
 
     def _figure(self):
         if self._fig is None:
@@ -647,7 +741,6 @@ class Painter:
             # Stacked areas (an unknown row breaks the area: a gap), then lines on top.
             n = len(chart.layers[0].values) if chart.layers else 0
             baseline = np.zeros(n)
-            peak = 0.0
             for layer in chart.layers:
                 values = np.asarray(layer.values, dtype=float)
                 if layer.style == "area":
@@ -657,15 +750,11 @@ class Painter:
                     drawn.append(ax.fill_between(x, y0, y1, facecolor=layer.color, edgecolor="none",
                                                  linewidth=0, zorder=2))
                     baseline = baseline + np.nan_to_num(values, nan=0.0)
-                    top = upper
                 else:
                     x, y = _steps(chart.grid_start, chart.step, values)
                     drawn.extend(ax.plot(x, y, color=layer.color, linewidth=1.0, zorder=3,
                                          solid_capstyle="butt"))
-                    top = values
-                if np.isfinite(top).any():
-                    peak = max(peak, float(np.nanmax(top)))
-            y_top, y_ticks = y_scale(peak, chart.base)
+            y_top, y_ticks, off_scale = axis_scale(chart)
             ax.set_xlim(chart.start, chart.end)
             ax.set_ylim(0, y_top)
 
@@ -684,6 +773,7 @@ class Painter:
             for v in y_ticks:
                 label = f"{v:g}" if chart.base is None else tick_format(v, chart.base)
                 text(self.LEFT - 4, plot_bottom - v / y_top * self.plot_height, label, ha="right", va="center")
+            self._thresholds(chart, y_top, off_scale, ax, text, drawn)
 
             text(w / 2, 4, chart.title[:110], ha="center", va="top", fontsize=8.5)
             drawn.append(fig.text(3 / w, 1 - (self.TOP + self.plot_height / 2) / h, chart.ylabel, rotation=90,
@@ -727,6 +817,32 @@ class Painter:
         finally:
             for artist in drawn:
                 artist.remove()
+
+    def _thresholds(self, chart: Chart, y_top: float, off_scale: list[ThresholdLine], ax, text,
+                    drawn: list) -> None:
+        """Alert levels: a dashed line each, over the data, labelled at the right end;
+        the levels above the axis named in one line at the top of the plot."""
+        from .legend import tick_format
+
+        def show(v: float) -> str:
+            return f"{v:.4g} %" if chart.base is None else tick_format(v, chart.base)
+
+        right = self.LEFT + self.plot_width - 3
+        for t in chart.thresholds:
+            if t.value > y_top:
+                continue
+            # 2 px wide, snapped to whole pixels: the colour shows unblended.
+            drawn.append(ax.axhline(t.value, color=t.color, linewidth=144 / self.dpi,
+                                    linestyle=(0, (6, 3)), zorder=4, snap=True))
+            row = self.y_pixel(chart, t.value)
+            below = row - self.TOP < 12  # no room above the line: label under it
+            text(right, row + 2 if below else row - 2, f"{t.label} {t.severity} {show(t.value)}",
+                 ha="right", va="top" if below else "bottom", color=t.text_color, zorder=5)
+        if off_scale:
+            names = ", ".join(f"{t.label} {t.severity} {show(t.value)}" for t in off_scale)
+            worst = max(off_scale, key=lambda t: t.severity == "critical")
+            text(self.LEFT + 4, self.TOP + 2, f"off scale: {names}"[:100], ha="left", va="top",
+                 color=worst.text_color, zorder=5)
 
 
 # ------------------------------------------------------------------ files
@@ -802,6 +918,8 @@ class GraphRun:
         self.painter = painter or Painter()
         self.top = top
         self.clock = clock
+        self.alerts: AlertState = NO_ALERTS  # read from the graphs folder at each run
+        self._levels: dict[str, tuple] = {}  # context folder -> its alert levels
 
     def run(self, periods: Sequence[str] = PERIODS, context: str | None = None, force: bool = False,
             progress: Callable[[int, int], None] | None = None) -> RunResult:
@@ -821,6 +939,8 @@ class GraphRun:
 
         result = RunResult()
         now = int(self.clock())
+        self.alerts = read_alert_state(self.graphs_dir)
+        self._levels = {encode_name(name): levels for name, levels in self.alerts.levels.items()}
         files = list_rrd_files(self.rrd_dir)
         plan = make_plan(files)
         if context is not None:
@@ -851,14 +971,15 @@ class GraphRun:
         refresh = max(10, int(self.cfg.graphs.interval))
         size = (self.painter.width, self.painter.height)
         exists = lambda rel: os.path.exists(os.path.join(self.graphs_dir, rel))  # noqa: E731
+        alerts = self.alerts
         for period in PERIODS:
             if context is None:
-                page = html.index_page(host, period, plan, figures, refresh, exists, now, size)
+                page = html.index_page(host, period, plan, figures, refresh, exists, now, size, alerts)
                 write_atomic(os.path.join(self.graphs_dir, html.page_name(period)), page.encode("utf-8"))
                 result.pages += 1
             for c in wanted:
                 page = html.context_page(host, period, c, plan.context_specs[c.slug], figures.get(c.slug),
-                                         refresh, exists, now, size)
+                                         refresh, exists, now, size, alerts)
                 path = os.path.join(self.graphs_dir, CTX_DIR, c.slug, html.page_name(period))
                 write_atomic(path, page.encode("utf-8"))
                 result.pages += 1
@@ -884,7 +1005,8 @@ class GraphRun:
         step = effective_step(self.layout, self.pdp_step, newest, now - span, req)
         granularity = max(step, MIN_REDRAW[period])
         row = newest - newest % granularity
-        signature = self._signature(spec, period)
+        lines = self.threshold_lines(spec)
+        signature = self._signature(spec, period, lines)
         previous = state.get(png)
         if (not force and isinstance(previous, dict) and previous.get("row") == row
                 and previous.get("sig") == signature and os.path.exists(full)):
@@ -894,14 +1016,27 @@ class GraphRun:
         if chart is None:
             result.failed += 1
             return
+        chart.thresholds = lines
         write_atomic(full, self.painter.paint(chart, period))
         state[png] = {"row": row, "sig": signature}
         result.rendered += 1
 
-    def _signature(self, spec: GraphSpec, period: str) -> str:
+    def threshold_lines(self, spec: GraphSpec) -> list[ThresholdLine]:
+        """The alert levels drawn on `spec`'s graphs, from the alert state of this run."""
+        if spec.context is None or not spec.stem.startswith(CTX_DIR + "/"):
+            return []
+        slug = spec.stem.split("/")[1]  # the context's folder: its full name, encoded
+        return threshold_lines(spec, self._levels.get(slug, ()), self.alerts.host_cpus)
+
+    def _signature(self, spec: GraphSpec, period: str, lines: Sequence[ThresholdLine] = ()) -> str:
+        # The levels are part of what a PNG shows: when they change, it is redrawn
+        # even if its archive has no new row.
         p = self.painter
-        text = json.dumps([STATE_VERSION, p.width, p.height, p.dpi, self.top, spec.kind, spec.title,
-                           [rf.path for rf in spec.files], period], ensure_ascii=True)
+        key = [STATE_VERSION, p.width, p.height, p.dpi, self.top, spec.kind, spec.title,
+               [rf.path for rf in spec.files], period]
+        if lines:  # (no levels: the key graphs drawn before alerts existed have)
+            key.append([[t.label, t.severity, repr(t.value)] for t in lines])
+        text = json.dumps(key, ensure_ascii=True)
         return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
 
     def _last_updates(self, files: Sequence[RrdFile]) -> dict[str, int]:
@@ -1006,6 +1141,10 @@ __all__ = [
     "Painter",
     "Plan",
     "RunResult",
+    "ThresholdLine",
+    "axis_scale",
+    "data_peak",
+    "threshold_lines",
     "align",
     "archive_step",
     "context_color",

@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
@@ -26,7 +27,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 
 from exporters.names import encode_name
-from test_graphs import EVIL, HEIGHT, WIDTH, Env, graph_run, make_env
+from test_graphs import EVIL, HEIGHT, NOW, WIDTH, Env, ctx, graph_run, make_env, snap
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(
@@ -210,6 +211,7 @@ def site(tmp_path_factory):
     root = os.path.realpath(tmp_path_factory.mktemp("site"))
     scratch = os.path.realpath(tmp_path_factory.mktemp("browser"))  # profile, screenshots
     env = make_env(root, names=NAMES, days=1.2)
+    write_alerts(env)
     result = graph_run(env).run(periods=("day", "week"))
     assert result.failed == 0
     server = MetricsServer("127.0.0.1:0", registry=CollectorRegistry(), graphs_dir=env.graphs_dir)
@@ -220,6 +222,34 @@ def site(tmp_path_factory):
     finally:
         browser.close()
         server.stop()
+
+
+def write_alerts(env: Env) -> None:
+    """Alerts firing for `<script>alert(1)</script>` (critical) and web (warning), handed
+    over as the daemon does."""
+    from ctxmon.config import AlertRule, AlertsConfig, Level
+    from exporters.alerts import ALERT_STATE_FILE, AlertEngine, write_alert_state
+
+    rules = (AlertRule(name="Procs", metric="processes", warning=Level(1), critical=Level(2),
+                       contexts=(EVIL[0],)),
+             AlertRule(name="Mem", metric="rss", warning=Level(2**20), contexts=("web",)))
+    engine = AlertEngine(AlertsConfig(rules=rules), cpus=2, host="h")
+    try:
+        engine.evaluate(snap(NOW, [ctx(EVIL[0], 1, 1, 2**20, 2**20, 3, 3), ctx("web", 1, 1, 2**30, 2**30, 2, 2)],
+                             []))
+        assert write_alert_state(engine, os.path.join(env.graphs_dir, ALERT_STATE_FILE))
+    finally:
+        engine.close()
+
+
+BANNER = """JSON.stringify((() => {
+  const b = document.querySelector('section.alerts');
+  if (!b) return null;
+  const r = b.getBoundingClientRect();
+  return {text: b.innerText, items: [...b.querySelectorAll('li')].map(li => li.textContent),
+          elements: [...b.querySelectorAll('*')].map(e => e.tagName.toLowerCase()),
+          top: r.top, right: r.right, heading: getComputedStyle(b.querySelector('h2')).backgroundColor};
+})())"""
 
 
 def fetch_status(url: str) -> int:
@@ -307,3 +337,27 @@ def assert_not_blank(png: bytes, size: tuple[int, int]) -> None:
         colors = im.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colors is not None and len(colors) > 200  # header, text, graph colours
     assert max(count for count, _ in colors) < 0.8 * size[0] * size[1]  # no colour fills the page
+
+
+def test_the_alert_banner_shows_hostile_names_as_text_at_the_top(site):
+    page = site.browser.page(*PHONE)
+    assert page.load(site.base + "index.html") == []
+    banner = json.loads(page.evaluate(BANNER))
+    assert banner is not None
+    assert banner["text"].startswith("2 alerts firing")
+    assert banner["heading"] == "rgb(183, 28, 28)"  # a critical alert: red
+    [critical, warning] = banner["items"]
+    assert critical.startswith("critical Procs on <script>alert(1)</script>: "
+                               "<script>alert(1)</script>: 3 processes (threshold 2)")
+    assert warning.startswith("warning Mem on web: web: resident memory 1GiB (threshold 1MiB)")
+    assert set(banner["elements"]) <= {"h2", "ul", "li", "span", "strong", "a"}  # no script, no markup from names
+    assert banner["right"] <= PHONE[0] and banner["top"] < 200  # on a phone, near the top
+    assert page.evaluate("document.scripts.length") == 0
+    # a context's page shows its own alert, and the state file itself is never served
+    url = site.base + "ctx/" + quote(encode_name(EVIL[0]), safe="") + "/index.html"
+    assert page.load(url) == []
+    banner = json.loads(page.evaluate(BANNER))
+    assert banner["text"].startswith("1 alert firing") and "1 alert firing on other contexts" in banner["text"]
+    with pytest.raises(urllib.error.HTTPError) as e:
+        fetch_status(site.base + ".ctxmon-alerts.json")
+    assert e.value.code == 404
