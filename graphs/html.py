@@ -18,6 +18,8 @@ import time
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 from urllib.parse import quote
 
+from exporters.names import encode_name
+
 from .legend import auto_scale, display_name
 
 if TYPE_CHECKING:
@@ -190,8 +192,6 @@ def index_page(host: str, period: str, plan: "Plan", figures: Mapping[str, "Cont
                refresh: int, exists: Callable[[str], bool], now: int, size: tuple[int, int],
                alerts: "AlertState | None" = None) -> str:
     """The overview page of one period, with every context's alerts on top."""
-    from exporters.names import encode_name
-
     host_e = esc(host)
     pages = set(plan.context_specs)
 
@@ -241,8 +241,6 @@ def _alert_context(alerts: "AlertState | None", entry: "ContextEntry") -> str | 
     (its decoded name may be cut short); its own name when no alert is about it."""
     if alerts is None:
         return None
-    from exporters.names import encode_name
-
     for a in alerts.alerts:
         if encode_name(a.context) == entry.slug:
             return a.context
