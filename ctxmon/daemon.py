@@ -36,6 +36,8 @@ from .config import Config, ConfigError, load_config
 
 log = logging.getLogger("ctxmon.daemon")
 
+RENDER_TIME_FLOOR = 120.0  # seconds a graph rendering may always take
+
 
 @dataclass
 class DaemonStats:
@@ -147,6 +149,7 @@ class Daemon:
                 except Exception:
                     self.stats.sink_errors["alerts"] = self.stats.sink_errors.get("alerts", 0) + 1
                     log.exception("alert evaluation failed; the poll goes on")
+            self._hand_alerts_to_graphs(self.alerts)
             self.stats.polls += 1
             self.stats.last_poll_duration = time.monotonic() - t0
             self.stats.last_poll_end = time.time()
@@ -173,6 +176,14 @@ class Daemon:
                 self.stats.sink_errors[name] = self.stats.sink_errors.get(name, 0) + 1
                 log.exception("%s sink failed; the other sinks go on", name)
         self.stats.last_rrd_errors = self.rrd.error_count - rrd_errors
+
+    def _hand_alerts_to_graphs(self, engine) -> None:
+        """The graph renderer is another process: it reads firing alerts and levels
+        (banner, threshold lines) from a file in the graphs folder."""
+        if self.cfg.graphs.enabled:
+            from exporters.alerts import ALERT_STATE_FILE, write_alert_state
+
+            write_alert_state(engine, os.path.join(self.cfg.graphs.dir, ALERT_STATE_FILE))
 
     def self_metrics(self):
         """What the exporter serves about the daemon itself (called at scrape time)."""
@@ -213,15 +224,18 @@ class Daemon:
         """Start `python -m graphs` in a child process, unless one still runs.
 
         matplotlib never enters this process, and a renderer that hangs or crashes
-        cannot touch polling: it is only started, reaped and, past three intervals,
-        killed.
+        cannot touch polling: it is only started, reaped and, past three intervals
+        (and at least RENDER_TIME_FLOOR), killed.
         """
         proc = self._renderer
         if proc is not None:
             code = proc.poll()
             if code is None:
-                if time.monotonic() - self._renderer_started > 3 * self.cfg.graphs.interval:
-                    log.error("graph rendering ran past three intervals; killing it")
+                # A first run may spend a minute building matplotlib's font cache:
+                # killing it then would only make the next run start over.
+                limit = max(3 * self.cfg.graphs.interval, RENDER_TIME_FLOOR)
+                if time.monotonic() - self._renderer_started > limit:
+                    log.error("graph rendering ran for over %.0f s; killing it", limit)
                     proc.kill()
                     proc.wait()
                 else:
@@ -365,6 +379,7 @@ class Daemon:
                 self.server.stop()
             if self.alerts is not None:
                 self.alerts.close()  # gives queued notifications a few seconds
+            self._hand_alerts_to_graphs(None)  # no banner claims what nobody evaluates
             if self._renderer is not None and self._renderer.poll() is None:
                 self._renderer.terminate()
                 try:

@@ -557,7 +557,7 @@ class RrdSink:
             points.append((path, KINDS[kind], values))
 
         for c in snapshot.contexts:
-            cdir = os.path.join(self._ctx_root, encode_name(c.name))
+            cdir = os.path.join(self._ctx_root, encode_name(c.label))
             add(os.path.join(cdir, "cpu.rrd"), "cpu", f"{_cpu(c.cpu_user_seconds)}:{_cpu(c.cpu_system_seconds)}")
             add(os.path.join(cdir, "mem.rrd"), "mem", f"{_value(c.rss_bytes)}:{_value(c.vsz_bytes)}")
             add(os.path.join(cdir, "tasks.rrd"), "tasks", f"{_value(c.processes)}:{_value(c.threads)}")
@@ -796,7 +796,7 @@ class RrdSink:
         if self.daemon and self._connection() is None:
             return  # rrdcached must forget a file before it moves: try next time
         cutoff = now - self.retention_seconds
-        present = {encode_name(c.name) for c in snapshot.contexts}
+        present = {encode_name(c.label) for c in snapshot.contexts}
         for entry in _scandir(self._ctx_root):
             if entry.name in present or not entry.is_dir(follow_symlinks=False):
                 continue

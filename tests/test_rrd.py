@@ -6,6 +6,7 @@ stopped at teardown. Fault tests that need root (tmpfs mounts, chattr) skip with
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -19,7 +20,14 @@ import pytest
 from collector.snapshot import ContextSample, InterfaceSample, Snapshot
 from exporters import rrd
 from exporters.names import encode_name
-from exporters.rrd import RrdSink, check_step, fetch, list_rrd_files, rra_layout, rrd_path
+from exporters.rrd import (
+    RrdSink,
+    check_step,
+    fetch,
+    list_rrd_files,
+    rra_layout,
+    rrd_path,
+)
 
 STEP = 60
 # A whole hour well in the past: timestamps land on step boundaries, so stored rates
@@ -686,3 +694,14 @@ def test_rrdcached_departed_context_is_archived_and_forgotten(base, rrdcached):
     assert not os.path.exists(os.path.join(directory, "ctx", "gone"))
     assert sink.error_count == 0
     sink.close()
+
+
+def test_contexts_without_a_name_are_stored_under_their_label(base):
+    """A VServer xid without a config dir has an empty NAME; each gets its own files."""
+    sink = RrdSink(base, step=60)
+    a = dataclasses.replace(ctx("x"), name="", xid=49170, ctx_id="49170")
+    b = dataclasses.replace(ctx("y"), name="", xid=49171, ctx_id="49171")
+    sink.write(snap(1_800_000_000, contexts=(a, b)))
+    assert os.path.exists(rrd_path(base, "cpu", context="xid-49170"))
+    assert os.path.exists(rrd_path(base, "cpu", context="xid-49171"))
+    assert sink.error_count == 0 and sink.skipped_count == 0
