@@ -125,6 +125,7 @@ class SoakResult:
     fds_warm: dict = field(default_factory=dict)  # kind -> count
     fds_end: dict = field(default_factory=dict)
     processes_end: int = 0  # processes on the host when fds_end was taken
+    rss_trace: list = field(default_factory=list)  # (polls, RSS bytes) every tenth of the run
     connections_left: int = -1  # server-side TCP connections once the scrapers stopped
     rrd_files_checked: int = 0
     rrd_unknown: list[str] = field(default_factory=list)  # files with holes, with detail
@@ -178,10 +179,10 @@ def rss_bytes() -> int:
     return 0
 
 
-def _tcp_states() -> dict[str, str]:
-    """socket inode -> TCP state (hex, 0A = LISTEN) for this process's network namespace."""
+def _tcp_states(pid: int | str = "self") -> dict[str, str]:
+    """socket inode -> TCP state (hex, 0A = LISTEN) in the process's network namespace."""
     out = {}
-    for name in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+    for name in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
         try:
             with open(name) as f:
                 next(f)
@@ -196,14 +197,15 @@ def _tcp_states() -> dict[str, str]:
 _STAT_FD = re.compile(r"/proc/\d+/stat$")
 
 
-def fd_census() -> dict[str, int]:
-    """Open fds of this process by kind: `stat` (the scanner's held /proc/<pid>/stat),
-    `tcp-conn` (HTTP connections in flight), `tcp-listen`, `socket`, `pipe`, `file`, `other`."""
-    tcp = _tcp_states()
+def fd_census(pid: int | str = "self") -> dict[str, int]:
+    """Open fds of a process (this one by default) by kind: `stat` (the scanner's held
+    /proc/<pid>/stat), `tcp-conn` (HTTP connections in flight), `tcp-listen`, `socket`,
+    `pipe`, `file`, `other`."""
+    tcp = _tcp_states(pid)
     kinds: Counter = Counter()
-    for fd in os.listdir("/proc/self/fd"):
+    for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
             continue  # the fd listing itself, closed meanwhile
         if _STAT_FD.match(target):
@@ -531,6 +533,8 @@ def run_soak(polls: int = 10_000, warmup: int | None = None, scrapers: int = 10,
             if res.polls == warmup:
                 gc.collect()
                 res.rss_warm, res.fds_warm = rss_bytes(), quiet_census(scraper_procs)
+            if res.polls % max(1, polls // 10) == 0:
+                res.rss_trace.append((res.polls, rss_bytes()))
             if progress and res.polls % max(1, polls // 20) == 0:
                 progress(res)
             clock.now += STEP
@@ -608,6 +612,7 @@ def report(r: SoakResult) -> str:
         f"scrapes served:   {r.scrapes_served} to {r.scrapers} scrapers, {r.scrape_errors} failed",
         f"RSS:              {r.rss_warm / mb:.1f} MB after {r.warmup_polls} polls of warm-up, "
         f"{r.rss_end / mb:.1f} MB at the end ({r.rss_growth / mb:+.2f} MB)",
+        "RSS by polls:     " + ", ".join(f"{n}: {b / mb:.1f}" for n, b in r.rss_trace) + " MB",
         f"fds:              {r.steady_fds_warm} after the warm-up, {r.steady_fds_end} at the end "
         f"(besides {r.fds_warm.get('stat', 0)} -> {r.fds_end.get('stat', 0)} held "
         f"/proc/<pid>/stat files, one per live process: {r.processes_end} at the end); "
