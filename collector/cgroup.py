@@ -131,7 +131,7 @@ def _check_template(template: str, groups: int) -> None:
             raise ValueError(
                 f"bad name template {template!r}: use numbered captures {{1}}, {{2}} ..."
             )
-        if field.isdigit():
+        if field.isascii() and field.isdigit():
             if int(field) == 0:
                 raise ValueError(
                     f"bad name template {template!r}: captures are numbered from {{1}}"
@@ -270,7 +270,7 @@ def parse_pid_cgroup(text: str) -> tuple[dict[str, str], int]:
         if not line:
             continue
         parts = line.split(":", 2)
-        if len(parts) != 3 or not parts[0].isdigit() or not parts[2].startswith("/"):
+        if len(parts) != 3 or not (parts[0].isascii() and parts[0].isdigit()) or not parts[2].startswith("/"):
             bad += 1
             continue
         _, controllers, path = parts
@@ -363,7 +363,7 @@ def parse_docker_name(text: str) -> str | None:
     """`config.v2.json` -> the container name without its leading "/", or None."""
     try:
         cfg = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise ParseError("config.v2.json: not JSON") from None
     name = cfg.get("Name") if isinstance(cfg, dict) else None
     if not isinstance(name, str):

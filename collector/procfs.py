@@ -100,9 +100,10 @@ def parse_net_dev(text: str) -> tuple[list[InterfaceSample], int]:
 
 
 def read_text(path: str) -> str:
-    """Read a whole small kernel file as text (latin-1: never a decode error)."""
+    """Read a whole small kernel file as text: UTF-8, with bytes that are not kept
+    as surrogate escapes (never a decode error, and names stay reversible)."""
     with open(path, "rb") as f:
-        return f.read().decode("latin-1")
+        return f.read().decode("utf-8", "surrogateescape")
 
 
 def raise_fd_limit() -> int:
@@ -172,7 +173,7 @@ class ProcessScanner:
         gc.disable()
         try:
             for name in os.listdir(root):
-                if not name.isdigit():
+                if not (name.isascii() and name.isdigit()):  # "²".isdigit() too
                     continue
                 pid = int(name)
                 if pid == skip_pid:

@@ -475,7 +475,7 @@ class VServerSource(Source):
             errors[self.name] += 1
             log.debug("%s/virtual: %s", self.proc_root, e.strerror)
             return []
-        return [int(n) for n in names if n.isdigit()]
+        return [int(n) for n in names if n.isascii() and n.isdigit()]
 
     def _name(self, xid: int, now: float) -> str:
         cached = self._names.get(xid)

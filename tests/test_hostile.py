@@ -325,8 +325,6 @@ def test_odd_interface_names_in_a_network_namespace(tmp_path, cgroup_factory, da
 # ------------------------------------------------------------------ odd trees: bugs
 
 
-@pytest.mark.xfail(strict=True, reason="collector/procfs.py ProcessScanner.scan: str.isdigit() "
-                   "accepts '²', then int('²') raises ValueError and the poll fails")
 def test_a_proc_entry_of_non_ascii_digits_is_skipped(tmp_path):
     proc = vserver_tree(tmp_path)
     os.mkdir(os.path.join(proc, "²"))
@@ -338,8 +336,6 @@ def test_a_proc_entry_of_non_ascii_digits_is_skipped(tmp_path):
     assert snap.context("customer-portal-staging-01") is not None
 
 
-@pytest.mark.xfail(strict=True, reason="collector/vserver.py VServerSource._list_contexts: "
-                   "str.isdigit() accepts '²', then int('²') raises ValueError and the poll fails")
 def test_a_proc_virtual_entry_of_non_ascii_digits_is_skipped(tmp_path):
     proc = vserver_tree(tmp_path)
     os.mkdir(os.path.join(proc, "virtual", "²"))
@@ -351,9 +347,6 @@ def test_a_proc_virtual_entry_of_non_ascii_digits_is_skipped(tmp_path):
     assert snap.context("customer-portal-staging-01") is not None
 
 
-@pytest.mark.xfail(strict=True, reason="collector/sampler.py Sampler._net_dev reads net/dev as "
-                   "latin-1 (procfs.read_text): an interface named in UTF-8 ('café') is "
-                   "exported as mojibake ('cafÃ©'), while context names are read as UTF-8")
 def test_an_interface_named_in_utf8_keeps_its_name(tmp_path):
     proc = vserver_tree(tmp_path)
     with open(os.path.join(proc, "net", "dev"), "ab") as f:
