@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+from array import array
 import gc
 import json
 import os
@@ -40,7 +41,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections import Counter
@@ -481,9 +481,14 @@ def run_soak(polls: int = 10_000, warmup: int | None = None, scrapers: int = 10,
         server.start()
         scraper_procs = start_scrapers(scrapers, server.port, scrape_pause)
 
-        lifetimes: dict[str, list[int]] = {}  # context label -> [first, last] poll time
-        ours: set[str] = set(permanent)
-        departed: set[str] = set()  # our contexts removed so far
+        # This process's own records are made up front, so that they do not grow while
+        # its RSS is watched: every name a context of ours will have, and its slot.
+        names = permanent + [f"{PREFIX}{run_id}-{k:05d}.service"
+                             for k in range(1, polls // churn_every + 1)]
+        slot = {name: k for k, name in enumerate(names)}
+        first_seen = array("q", [0]) * len(names)  # poll times; 0: not seen yet
+        last_seen = array("q", [0]) * len(names)
+        departed = bytearray(len(names))  # 1: removed
         churn: list[Cgroup] = []
         first_ifaces: set[str] | None = None
         made = 0
@@ -492,16 +497,15 @@ def run_soak(polls: int = 10_000, warmup: int | None = None, scrapers: int = 10,
         for i in range(polls):
             if i and i % churn_every == 0:
                 made += 1
-                cg = Cgroup(root, f"{PREFIX}{run_id}-{made:05d}.service")
+                cg = Cgroup(root, names[len(permanent) + made - 1])
                 cgroups.append(cg)
                 cg.start(["sleep", "86400"])
                 churn.append(cg)
-                ours.add(cg.name)
                 if len(churn) > live:
                     gone = churn.pop(0)
                     gone.remove()
                     cgroups.remove(gone)
-                    departed.add(gone.name)
+                    departed[slot[gone.name]] = 1
                     res.contexts_churned += 1
             t = time.monotonic()
             try:
@@ -522,13 +526,16 @@ def run_soak(polls: int = 10_000, warmup: int | None = None, scrapers: int = 10,
             if first_ifaces is None:
                 first_ifaces = {iface.name for iface in snap.host_interfaces}
             for c in snap.contexts:
-                if c.label in ours:
-                    span = lifetimes.setdefault(c.label, [ts, ts])
-                    span[1] = ts
+                k = slot.get(c.label)
+                if k is not None:
+                    if not first_seen[k]:
+                        first_seen[k] = ts
+                    last_seen[k] = ts
             if i % check_every == 0:
                 res.stale_checks += 1
+                gone_names = {names[k] for k, flag in enumerate(departed) if flag}
                 res.stale_series += [f"poll {i}: {p}" for p in
-                                     check_series(scrape(server.port), snap, departed)]
+                                     check_series(scrape(server.port), snap, gone_names)]
             res.polls += 1
             if res.polls == warmup:
                 gc.collect()
@@ -559,6 +566,8 @@ def run_soak(polls: int = 10_000, warmup: int | None = None, scrapers: int = 10,
         if daemon_addr:
             sink.flush()
         end = int(clock.now - STEP)
+        lifetimes = {names[k]: (first_seen[k], last_seen[k])
+                     for k in range(len(names)) if first_seen[k]}
         for name, (first, last) in sorted(lifetimes.items()):
             dirs = find_context_dir(rrd_dir, name)
             if not dirs:

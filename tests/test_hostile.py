@@ -31,7 +31,6 @@ import urllib.parse
 import pytest
 from daemonproc import POLLED, free_port
 from test_faults import (  # noqa: F401  (daemons: a fixture)
-    FIXTURES,
     add_guest,
     daemons,
     no_traceback,
