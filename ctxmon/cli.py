@@ -132,7 +132,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if not args.verbose:
         logging.getLogger().setLevel(cfg.log.level.upper())
-    return Daemon(cfg, config_path=args.config).run()
+    try:
+        daemon = Daemon(cfg, config_path=args.config)
+    except (ValueError, OSError) as e:  # e.g. a cgroup hierarchy that is not mounted
+        raise UserError(f"{args.config}: {e}") from None
+    return daemon.run()
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
