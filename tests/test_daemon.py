@@ -265,3 +265,14 @@ def test_daemon_drops_root_for_the_configured_user(cgroup_factory, daemons):
         assert "Traceback" not in d.text()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_config_that_cannot_start_is_one_line_exit_2(tmp_path):
+    # rrdcached's line protocol cannot carry a path with a blank: refused at start.
+    cfg = write_config(tmp_path / "ctxmon.toml", tmp_path / "with blank" / "rrd",
+                       daemon="unix:/nonexistent/rrdcached.sock")
+    r = subprocess.run([sys.executable, "-m", "ctxmon.cli", "run", "-c", cfg],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "blank" in lines[0] and "Traceback" not in r.stderr
