@@ -3,8 +3,8 @@
 Seeds are the fixture files (tests/fixtures/vs20, vs23: the kernel's own formats) and,
 for cgroup files, text in the kernel's formats; Hypothesis mutates them (bytes flipped,
 cut, inserted and deleted, lines dropped, doubled and swapped, numbers replaced by
-odd ones) and decodes them as the daemon does (latin-1 for /proc and /proc/virtual,
-UTF-8 with surrogate escapes for cgroup files). A parser may only return its values
+odd ones) and decodes them as the daemon does (UTF-8 with surrogate escapes, as
+procfs.read_text and the cgroup source read kernel text). A parser may only return its values
 (with its documented count of bad lines, which then adds up) or raise ParseError;
 nothing else may escape. Two whole-tree fuzzes check the same through a Sampler.
 
@@ -107,12 +107,9 @@ def mutated(draw, seeds: list[bytes]) -> bytes:
     return bytes(data)
 
 
-def latin1(data: bytes) -> str:
-    return data.decode("latin-1")  # procfs.read_text
-
-
-def utf8(data: bytes) -> str:
-    return data.decode("utf-8", "surrogateescape")  # cgroup._read
+def kernel_text(data: bytes) -> str:
+    """As the daemon decodes a kernel file (procfs.read_text, cgroup._read)."""
+    return data.decode("utf-8", "surrogateescape")
 
 
 def is_int(v) -> bool:
@@ -172,7 +169,7 @@ def test_the_scanners_inline_parse_agrees_with_parse_stat(scan_tree, data):
 @fuzz(300)
 @given(mutated(fixture_files(r"proc/net/dev")))
 def test_parse_net_dev(data):
-    text = latin1(data)
+    text = kernel_text(data)
     ifaces, bad = procfs.parse_net_dev(text)
     # Every line after the two headers is an interface or a counted bad line.
     assert len(ifaces) + bad == max(0, len(text.splitlines()) - 2)
@@ -185,7 +182,7 @@ def test_parse_net_dev(data):
 @given(mutated(fixture_files(r"proc/uptime")))
 def test_parse_uptime(data):
     try:
-        assert is_number(procfs.parse_uptime(latin1(data)))
+        assert is_number(procfs.parse_uptime(kernel_text(data)))
     except ParseError:
         pass
 
@@ -196,7 +193,7 @@ def test_parse_uptime(data):
 @fuzz(300)
 @given(mutated(fixture_files(r"proc/\d+/status") + [b"XID:\t49159\nNID:\t49159\n"]))
 def test_parse_status_and_vinfo_xid(data):
-    text = latin1(data)
+    text = kernel_text(data)
     for parse in (vserver.parse_status_xid, vserver.parse_vinfo_xid):
         xid = parse(text)
         assert xid is None or (is_int(xid) and xid >= 0)
@@ -205,7 +202,7 @@ def test_parse_status_and_vinfo_xid(data):
 @fuzz(400)
 @given(mutated(fixture_files(r"proc/virtual/\d+/limit")))
 def test_parse_limit(data):
-    text = latin1(data)
+    text = kernel_text(data)
     rows, bad = vserver.parse_limit(text, page_size=4096)
     lines = [x for x in text.splitlines() if x.strip() and not x.startswith("Limit")]
     assert len(rows) + bad == len(lines)  # every line a row or a counted bad line
@@ -221,7 +218,7 @@ def test_parse_limit(data):
 @given(mutated(fixture_files(r"proc/virtual/\d+/sched")), st.sampled_from([100, 250, 1000]))
 def test_parse_sched(data, hz):
     try:
-        user, system = vserver.parse_sched(latin1(data), hz)
+        user, system = vserver.parse_sched(kernel_text(data), hz)
     except ParseError:
         return
     assert user >= 0 and system >= 0 and math.isfinite(user) and math.isfinite(system)
@@ -231,7 +228,7 @@ def test_parse_sched(data, hz):
 @given(mutated(fixture_files(r"proc/virtual/\d+/cvirt")))
 def test_parse_cvirt(data):
     try:
-        out = vserver.parse_cvirt(latin1(data))
+        out = vserver.parse_cvirt(kernel_text(data))
     except ParseError:
         return
     assert isinstance(out, dict)
@@ -245,7 +242,7 @@ def test_parse_cvirt(data):
 @given(mutated(fixture_files(r"proc/virtual/\d+/cacct")))
 def test_parse_cacct(data):
     try:
-        rows = vserver.parse_cacct(latin1(data))
+        rows = vserver.parse_cacct(kernel_text(data))
     except ParseError:
         return
     for r in rows:
@@ -258,7 +255,7 @@ def test_parse_cacct(data):
 @given(mutated(fixture_files(r"proc/virtual/(\d+/)?status")))
 def test_parse_vstatus(data):
     try:
-        out = vserver.parse_vstatus(latin1(data))
+        out = vserver.parse_vstatus(kernel_text(data))
     except ParseError:
         return
     assert all(isinstance(k, str) and is_int(v) for k, v in out.items())
@@ -322,7 +319,7 @@ INT_SEEDS = [b"max\n", b"536870912\n", b"9223372036854771712\n", b"12345\n", b"0
 @fuzz(300)
 @given(mutated(PID_CGROUP_SEEDS))
 def test_parse_pid_cgroup(data):
-    text = utf8(data)
+    text = kernel_text(data)
     paths, bad = cgroup.parse_pid_cgroup(text)
     assert 0 <= bad <= len([x for x in text.splitlines() if x])
     for hierarchy, path in paths.items():
@@ -337,7 +334,7 @@ def test_parse_pid_cgroup(data):
 @given(mutated([b"1\n23\n456\n", b"0\n7\n", b""]))
 def test_parse_cgroup_procs(data):
     try:
-        pids = cgroup.parse_cgroup_procs(utf8(data))
+        pids = cgroup.parse_cgroup_procs(kernel_text(data))
     except ParseError:
         return
     assert all(is_int(p) and p > 0 for p in pids)
@@ -346,7 +343,7 @@ def test_parse_cgroup_procs(data):
 @fuzz(300)
 @given(mutated(FLAT_SEEDS))
 def test_flat_keyed_and_cpu_parsers(data):
-    text = utf8(data)
+    text = kernel_text(data)
     try:
         kv = cgroup.parse_flat_keyed(text)
         assert all(isinstance(k, str) and is_int(v) for k, v in kv.items())
@@ -363,7 +360,7 @@ def test_flat_keyed_and_cpu_parsers(data):
 @fuzz(300)
 @given(mutated(INT_SEEDS))
 def test_single_value_files(data):
-    text = utf8(data)
+    text = kernel_text(data)
     for parse in (cgroup.parse_int, cgroup.parse_limit, cgroup.parse_v1_limit):
         try:
             v = parse(text)
@@ -377,7 +374,7 @@ def test_single_value_files(data):
                             "Config": {"Hostname": "web"}}).encode()]))
 def test_parse_docker_name(data):
     try:
-        name = cgroup.parse_docker_name(utf8(data))
+        name = cgroup.parse_docker_name(kernel_text(data))
     except ParseError:
         return
     assert name is None or (isinstance(name, str) and name)
@@ -387,7 +384,7 @@ def test_parse_docker_name(data):
 @given(mutated([b"my\\x2dbox.service", b"system-getty.slice/getty@tty\\x31.service",
                 b"a\\xc3\\xa9\\xff\\x2f..\\x2fb"]))
 def test_unescape_systemd(data):
-    out = cgroup.unescape_systemd(utf8(data))  # cgroup names come surrogate-escaped
+    out = cgroup.unescape_systemd(kernel_text(data))  # cgroup names come surrogate-escaped
     assert isinstance(out, str)
     out.encode("utf-8", "surrogateescape")  # still a name the OS could have given
 
