@@ -106,9 +106,22 @@ def read_text(path: str) -> str:
         return f.read().decode("utf-8", "surrogateescape")
 
 
-def raise_fd_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard one; return the soft limit in force."""
+def raise_fd_limit(want_at_least: int = 1 << 16) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one (and, as root, the hard one up to
+    `want_at_least` within fs.nr_open); return the soft limit in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < want_at_least and os.geteuid() == 0:
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                ceiling = int(f.read())
+        except (OSError, ValueError):
+            ceiling = want_at_least
+        try:
+            new_hard = min(want_at_least, ceiling)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new_hard, new_hard))
+            return new_hard
+        except (ValueError, OSError):
+            pass  # no CAP_SYS_RESOURCE (a container): fall back to the hard limit
     if hard == resource.RLIM_INFINITY or hard > soft:
         want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
         try:
