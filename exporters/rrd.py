@@ -59,6 +59,8 @@ CONSOLIDATIONS = ("AVERAGE", "MIN", "MAX")
 # (time span each archive covers, longest time one row may stand for; None = the step)
 RETENTION = ((2 * DAY, None), (14 * DAY, 1800), (62 * DAY, 7200), (731 * DAY, DAY))
 MAINTENANCE_INTERVAL = 3600  # seconds between looks for departed contexts
+STALE_TEMP_SECONDS = 3600  # a librrd temporary file this old belongs to no create
+_LIBRRD_TEMP = re.compile(r"\.rrd[A-Za-z0-9]{6}$")
 DEFAULT_RETENTION_SECONDS = 30 * DAY
 RRDCACHED_PORT = 42217
 
@@ -793,6 +795,7 @@ class RrdSink:
             if f.invalid_key is not None:
                 f.invalid_key = None
                 f.checked = False
+        self._remove_stale_temp_files()
         if self.daemon and self._connection() is None:
             return  # rrdcached must forget a file before it moves: try next time
         cutoff = now - self.retention_seconds
@@ -819,6 +822,25 @@ class RrdSink:
             if last is not None and last < cutoff:
                 target = self._archive_target(os.path.join(HOST_DIR, entry.name[:-4]), last, ".rrd")
                 self._archive(entry.path, [entry.path], target, f"host interface file {entry.name}", last)
+
+    def _remove_stale_temp_files(self) -> None:
+        """librrd creates `<file>.rrdXXXXXX` and renames it into place; a kill during
+        a create leaves it behind (tens of MB at a short step). Old ones are ours to
+        remove: nothing else writes files of that shape in our folders."""
+        limit = time.time() - STALE_TEMP_SECONDS  # file times are wall-clock times
+        dirs = [self._host_root] + [e.path for e in _scandir(self._ctx_root)
+                                    if e.is_dir(follow_symlinks=False)]
+        for d in dirs:
+            for e in _scandir(d):
+                if not _LIBRRD_TEMP.search(e.name) or not e.is_file(follow_symlinks=False):
+                    continue
+                mtime = _mtime(e.path)
+                if mtime is not None and mtime < limit:
+                    try:
+                        os.unlink(e.path)
+                        log.info("removed %s, left behind by an interrupted create", e.path)
+                    except OSError as err:
+                        log.debug("%s: %s", e.path, err.strerror)
 
     def _last_update(self, path: str) -> float | None:
         f = self._files.get(path)

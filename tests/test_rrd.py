@@ -706,3 +706,19 @@ def test_contexts_without_a_name_are_stored_under_their_label(base):
     assert os.path.exists(rrd_path(base, "cpu", context="xid-49170"))
     assert os.path.exists(rrd_path(base, "cpu", context="xid-49171"))
     assert sink.error_count == 0 and sink.skipped_count == 0
+
+
+def test_librrd_temp_files_left_by_an_interrupted_create_are_removed(base):
+    cdir = os.path.join(base, "ctx", "web")
+    os.makedirs(cdir)
+    old = os.path.join(cdir, "cpu.rrdAb12Cd")
+    fresh = os.path.join(cdir, "mem.rrdXy34Zz")
+    mine = os.path.join(cdir, "notes.txt")
+    for p in (old, fresh, mine):
+        with open(p, "wb") as f:
+            f.write(b"x" * 100)
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    os.utime(mine, (time.time() - 7200, time.time() - 7200))
+    RrdSink(base, step=60).write(snap(T0, [ctx("web")]))
+    assert not os.path.exists(old)
+    assert os.path.exists(fresh) and os.path.exists(mine)
