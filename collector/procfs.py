@@ -68,9 +68,12 @@ def parse_stat(pid: int, data: bytes) -> ProcStat:
 def parse_uptime(text: str) -> float:
     """`/proc/uptime`: `S.cc I.ii` -> S.cc seconds since boot."""
     try:
-        return float(text.split()[0])
+        seconds = float(text.split()[0])
     except (IndexError, ValueError):
         raise ParseError("uptime: expected '<seconds> <idle>'") from None
+    if not 0 <= seconds < float("inf"):  # float() takes "nan", "inf", "-5"
+        raise ParseError(f"uptime: {seconds!r} is no time since boot")
+    return seconds
 
 
 _NET_DEV_FIELDS = 16

@@ -58,8 +58,9 @@ def test_parse_stat_rejects_bad_lines(data):
 
 def test_parse_uptime():
     assert parse_uptime("6569681.37 1072973.16\n") == 6569681.37
-    with pytest.raises(ParseError):
-        parse_uptime("")
+    for bad in ("", "nan 1.0", "inf 1.0", "-5.00 1.0"):
+        with pytest.raises(ParseError):
+            parse_uptime(bad)
 
 
 NET_DEV = """\
