@@ -126,6 +126,12 @@ class Sampler:
         self.scanner.close()
         self.source.close()
 
+    def replace_source(self, source: Source) -> None:
+        """Group by new rules from the next poll on, keeping the held stat files and
+        the CPU counters (a context that stays the same keeps counting)."""
+        self.source.close()
+        self.source = source
+
     def sample(self) -> Snapshot:
         t0 = time.monotonic()
         now = self.clock()

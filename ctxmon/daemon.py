@@ -52,9 +52,9 @@ class DaemonStats:
     last_rrd_errors: int = 0  # RRD updates that failed in the last poll
 
 
-def build_sampler(cfg: Config) -> Sampler:
+def build_context_source(cfg: Config):
     c = cfg.collector
-    source = build_source(
+    return build_source(
         c.source,
         proc_root=c.proc_root,
         vservers_dir=c.vservers_dir or None,
@@ -63,7 +63,14 @@ def build_sampler(cfg: Config) -> Sampler:
         rules=[dict(r) for r in c.rules],
         kernel_hz=c.kernel_hz,
     )
-    return Sampler(source, c.proc_root)
+
+
+def build_sampler(cfg: Config) -> Sampler:
+    return Sampler(build_context_source(cfg), cfg.collector.proc_root)
+
+
+def _served_graphs(cfg: Config) -> str | None:
+    return cfg.graphs.dir if cfg.graphs.enabled else None
 
 
 def build_metrics_server(cfg: Config, daemon: "Daemon"):
@@ -83,7 +90,7 @@ def build_metrics_server(cfg: Config, daemon: "Daemon"):
     return MetricsServer(
         e.listen, registry, tls_cert=e.tls_cert or None,
         tls_key=e.tls_key or None, basic_auth=dict(e.basic_auth) or None,
-        graphs_dir=cfg.graphs.dir if cfg.graphs.enabled else None,
+        graphs_dir=_served_graphs(cfg),
     )
 
 
@@ -278,20 +285,44 @@ class Daemon:
         self._wake.set()
 
     def reload(self) -> bool:
-        """Load the config file again; a bad one is logged and the old stays in force."""
+        """Load the config file again; a bad one is logged and the old stays in force.
+
+        New parts are built before old ones are let go, so a config that loads but
+        cannot be put in force (an rrdcached path it cannot carry, say) changes
+        nothing. The stat files held open and the CPU counters survive a reload
+        unless the proc tree itself changes.
+        """
         try:
             new = load_config(self.config_path)
         except ConfigError as e:
             log.error("reload refused, keeping the running config: %s", e)
             return False
-        with self._lock:
-            old = self.cfg
-            if new.collector != old.collector:
-                self.sampler.close()
-                self.sampler = build_sampler(new)
+        old = self.cfg
+        source = rrd = None
+        try:
+            if _without_interval(new.collector) != _without_interval(old.collector):
+                source = build_context_source(new)
             if new.rrd != old.rrd:
+                rrd = build_rrd_sink(new)
+        except (ValueError, OSError) as e:
+            if source is not None:
+                source.close()
+            log.error("reload refused, keeping the running config: %s", e)
+            return False
+        with self._lock:
+            if source is not None:
+                if new.collector.proc_root == old.collector.proc_root:
+                    self.sampler.replace_source(source)
+                else:  # another tree: its pids and counters are not these
+                    self.sampler.close()
+                    self.sampler = Sampler(source, new.collector.proc_root)
+            if rrd is not None:
+                try:
+                    self.rrd.flush()
+                except Exception as e:
+                    log.error("flushing RRD updates failed: %s", e)
                 self.rrd.close()
-                self.rrd = build_rrd_sink(new)
+                self.rrd = rrd
             if new.alerts != old.alerts:
                 if self.alerts is not None and new.alerts.rules:
                     self.alerts.reconfigure(new.alerts)  # alert states carry over
@@ -299,7 +330,7 @@ class Daemon:
                     if self.alerts is not None:
                         self.alerts.close()
                     self.alerts = build_alert_engine(new)
-            if new.exporter != old.exporter or new.graphs.dir != old.graphs.dir:
+            if new.exporter != old.exporter or _served_graphs(new) != _served_graphs(old):
                 self._restart_server(new, old)
             self.cfg = new
         if (new.collector.interval != old.collector.interval
@@ -310,19 +341,21 @@ class Daemon:
         return True
 
     def _restart_server(self, new: Config, old: Config) -> None:
+        """Serve with the new settings; failing that the old ones; failing that, log."""
         if self.server is not None:
             self.server.stop()
-        try:
-            self.server = build_metrics_server(new, self)
-            if self.server is not None:
-                self.server.start()
-                log.info("serving /metrics on %s", new.exporter.listen)
-        except (OSError, ValueError) as e:
-            log.error("cannot serve on %s (%s); back to %s", new.exporter.listen, e,
-                      old.exporter.listen)
-            self.server = build_metrics_server(old, self)
-            if self.server is not None:
-                self.server.start()
+            self.server = None
+        for cfg in (new, old):
+            try:
+                self.server = build_metrics_server(cfg, self)
+                if self.server is not None:
+                    self.server.start()
+                    log.info("serving /metrics on %s", cfg.exporter.listen)
+                return
+            except (OSError, ValueError) as e:
+                self.server = None
+                log.error("cannot serve /metrics on %s: %s", cfg.exporter.listen, e)
+        log.error("no /metrics endpoint until the next successful reload")
 
     def run(self) -> int:
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -389,6 +422,13 @@ class Daemon:
                     self._renderer.wait()
         log.info("stopped after %d polls", self.stats.polls)
         return 0
+
+
+def _without_interval(c):
+    """The collector settings that shape the source (the interval only schedules)."""
+    import dataclasses
+
+    return dataclasses.replace(c, interval=0)
 
 
 def drop_privileges(user: str, data_dirs: list[str]) -> None:

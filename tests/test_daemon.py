@@ -180,6 +180,14 @@ def test_sighup_reload_keeps_the_old_config_when_the_new_one_is_bad(tmp_path, da
     polls = d.text().count(POLLED)
     d.wait_for_log(POLLED, count=polls + 2)  # still polling on the old config
 
+    # Loads, but cannot be put in force (rrdcached cannot carry a blank): refused too.
+    cfg_path.write_text(good.replace(f'dir = "{rrd_dir}"', f'dir = "{rrd_dir} x"')
+                        .replace('daemon = ""', 'daemon = "unix:/nonexistent.sock"'))
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_for_log("reload refused", count=2)
+    polls = d.text().count(POLLED)
+    d.wait_for_log(POLLED, count=polls + 2)
+
     cfg_path.write_text(good.replace('interval = "1s"', 'interval = "2s"'))
     d.proc.send_signal(signal.SIGHUP)
     d.wait_for_log("config reloaded")
