@@ -31,6 +31,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from collector import build_source
 from collector.sampler import Sampler
 from collector.snapshot import Snapshot
+from exporters.names import loggable
 
 from .config import Config, ConfigError, load_config
 
@@ -162,8 +163,8 @@ class Daemon:
             self.stats.last_poll_end = time.time()
             self.latest = snap  # from now on scrapes see it
             if self.server is not None:
-                try:  # render the exposition now so that no scrape waits for it
-                    self.server.registry.exposition()
+                try:  # render the snapshot's part now so that no scrape waits for it
+                    self.server.registry.snapshot_collector.exposition()
                 except Exception:
                     log.exception("rendering /metrics failed")
             log.debug(
@@ -209,9 +210,9 @@ class Daemon:
     def _log_changes(self, snap: Snapshot) -> None:
         now = {c.label for c in snap.contexts}
         for name in sorted(now - self._known):
-            log.info("context appeared: %s", name)
+            log.info("context appeared: %s", loggable(name))
         for name in sorted(self._known - now):
-            log.info("context departed: %s", name)
+            log.info("context departed: %s", loggable(name))
         self._known = now
         for src, n in sorted(snap.errors.items()):
             log.debug("%s: %d file(s) skipped this poll", src, n)
@@ -250,10 +251,16 @@ class Daemon:
                     return
             elif code:
                 log.warning("graph rendering exited with status %d", code)
-        self._renderer = subprocess.Popen(
-            [sys.executable, "-m", "graphs", "-c", self.cfg.source_path or self.config_path],
-            stdin=subprocess.DEVNULL, close_fds=True,
-        )
+        try:
+            self._renderer = subprocess.Popen(
+                [sys.executable, "-m", "graphs", "--daemon-child", "-c",
+                 self.cfg.source_path or self.config_path],
+                stdin=subprocess.DEVNULL, close_fds=True,
+            )
+        except OSError as e:
+            self._renderer = None
+            log.error("cannot start the graph renderer: %s", e)
+            return
         self._renderer_started = time.monotonic()
 
     def _schedule(self) -> None:

@@ -49,7 +49,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from collector.snapshot import ContextSample, Snapshot
-from ctxmon.config import ALERT_METRICS, AlertOverride, AlertRule, AlertsConfig, Level, rule_levels
+from ctxmon.config import (
+    ALERT_METRICS,
+    AlertOverride,
+    AlertRule,
+    AlertsConfig,
+    Level,
+    rule_levels,
+)
+
+from .names import clean_text, loggable
 
 log = logging.getLogger("ctxmon.alerts")
 
@@ -160,19 +169,6 @@ def render_summary(template: str, *, alert: str, context: str, severity: str,
     return template.format(alert=alert, context=context, severity=severity,
                            value=format_value(value, unit),
                            threshold=format_value(threshold, unit))
-
-
-def clean_text(s: str) -> str:
-    """A name fit for JSON, HTTP and the environment: bytes that were not UTF-8 (kept
-    as surrogates by the sources) and NULs become U+FFFD."""
-    if s.isascii() and "\0" not in s:
-        return s
-    return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\0", "\ufffd")
-
-
-def _loggable(s: str) -> str:
-    """A name on one log line: as is when printable, else JSON-quoted."""
-    return s if s.isprintable() and s.strip() == s and s else json.dumps(s)
 
 
 def _duration(seconds: float) -> str:
@@ -706,9 +702,9 @@ class AlertEngine:
 
 def _log_transition(t: Transition) -> None:
     a = t.alert
-    head = f"alert {a.name} {a.severity} for {_loggable(a.context)}"
+    head = f"alert {a.name} {a.severity} for {loggable(a.context)}"
     if t.state == FIRING:
-        log.warning("%s: firing (%s): %s", head, t.reason, _loggable(a.summary))
+        log.warning("%s: firing (%s): %s", head, t.reason, loggable(a.summary))
     elif t.state == PENDING:
         log.info("%s: pending (%s)", head, t.reason)
     elif t.state == RESOLVED:
@@ -835,7 +831,7 @@ class CommandNotifier(_Notifier):
 
     def handle(self, p: Mapping[str, Any]) -> None:
         what = (f"{p['labels']['alertname']} {p['labels']['severity']} "
-                f"{_loggable(p['labels']['context'])} {p['status']}")
+                f"{loggable(p['labels']['context'])} {p['status']}")
         data = json.dumps(p, ensure_ascii=False).encode() + b"\n"
         try:
             proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -855,7 +851,7 @@ class CommandNotifier(_Notifier):
         if proc.returncode != 0:
             last = (out.decode("utf-8", "replace").strip().splitlines() or [""])[-1]
             raise NotifyError(f"{what}: exit status {proc.returncode}"
-                              + (f": {_loggable(last[:200])}" if last else ""))
+                              + (f": {loggable(last[:200])}" if last else ""))
         log.debug("alert command ran for %s", what)
 
 
@@ -879,7 +875,7 @@ class AlertmanagerNotifier(_Notifier):
                 r.read()
         except urllib.error.HTTPError as e:
             detail = e.read()[:200].decode("utf-8", "replace").strip()
-            raise NotifyError(f"{self.url}: HTTP {e.code} {_loggable(detail)}") from None
+            raise NotifyError(f"{self.url}: HTTP {e.code} {loggable(detail)}") from None
         except (urllib.error.URLError, OSError) as e:
             raise NotifyError(f"{self.url}: {getattr(e, 'reason', e)}") from None
 

@@ -30,6 +30,7 @@ holds `=` (it is escaped as `%3D`), so a hashed name cannot equal a plain one; i
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import string
 
@@ -129,3 +130,17 @@ def decode_name(encoded: str) -> str:
 def is_truncated(encoded: str) -> bool:
     """True for the hashed form of a long name (its decode is only a prefix)."""
     return _HASH_MARK in encoded
+
+
+def clean_text(s: str) -> str:
+    """A name fit for JSON, HTTP, labels and the environment: bytes that were not
+    UTF-8 (kept as surrogates by the sources) and NULs become U+FFFD."""
+    if s.isascii() and "\0" not in s:
+        return s
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\0", "\ufffd")
+
+
+def loggable(s: str) -> str:
+    """A name on one log line: as is when printable, else JSON-quoted (no forged
+    lines, no terminal escapes)."""
+    return s if s.isprintable() and s.strip() == s and s else json.dumps(s)

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from collector.sampler import DEPARTED_STATE_SECONDS
 from collector.snapshot import ContextSample, Snapshot
+from exporters.names import clean_text as label_value
 
 OTHER = "other"  # the context label of the contexts folded by the cap
 
@@ -140,14 +141,6 @@ LIVE_FAMILIES = (
 )
 
 _FAMILY_CLASS = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
-
-
-def label_value(s: str) -> str:
-    """Any name as a valid label value: bytes that were not UTF-8 (kept as surrogates
-    by the sources) and NULs become U+FFFD; the exposition escapes the rest."""
-    if s.isascii() and "\0" not in s:
-        return s
-    return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\0", "\ufffd")
 
 
 def unique_labels(contexts: Iterable[ContextSample], reserved: str | None = None) -> list[str]:

@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="redraw every graph, even those whose archive has no new row")
     parser.add_argument("--width", type=int, default=800, metavar="PX", help="PNG width (default 800)")
     parser.add_argument("--height", type=int, default=300, metavar="PX", help="PNG height (default 300)")
+    # The daemon's own runs: it has checked the RRD files' step already, so the
+    # config load need not run `rrdtool info` on every file again each interval.
+    parser.add_argument("--daemon-child", action="store_true", help=argparse.SUPPRESS)
 
 
 class Progress:
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
 
     err = stderr or sys.stderr
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, check_rrd_files=not args.daemon_child)
     except ConfigError as e:
         print(f"ctxmon graph: {e}", file=err)
         return EXIT_USAGE
