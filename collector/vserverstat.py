@@ -122,6 +122,23 @@ def _uptime_ms(ctx: ContextSample, host_uptime: float) -> int:
     return 0
 
 
+def terminal_text(name: str) -> str:
+    """A name as the table may print it: printable text as is, control characters
+    (escape sequences, newlines) and undecodable bytes as `\\xNN` / `\\uNNNN`."""
+    if name.isprintable():
+        return name
+    out = []
+    for ch in name:
+        o = ord(ch)
+        if ch.isprintable():
+            out.append(ch)
+        elif 0xDC80 <= o <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+            out.append(f"\\x{o - 0xDC00:02x}")
+        else:
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
+    return "".join(out)
+
+
 def _order(ctx: ContextSample) -> tuple:
     numeric = ctx.ctx_id.isdigit()
     return (not numeric, int(ctx.ctx_id) if numeric else 0, ctx.name)
@@ -140,7 +157,7 @@ def format_table(snapshot: Snapshot) -> str:
                 _ms(c.live_user_seconds),
                 _ms(c.live_system_seconds),
                 _uptime_ms(c, snapshot.host_uptime_seconds),
-                c.name,
+                terminal_text(c.name),
             )
         )
     return "\n".join(lines) + "\n"

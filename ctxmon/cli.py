@@ -108,7 +108,8 @@ def cmd_stat(args: argparse.Namespace) -> int:
     finally:
         sampler.close()
     if args.json:
-        json.dump(snapshot_json(snap), sys.stdout, indent=1, ensure_ascii=False)
+        # ASCII escapes: names may hold undecodable bytes or terminal controls.
+        json.dump(snapshot_json(snap), sys.stdout, indent=1, ensure_ascii=True)
         sys.stdout.write("\n")
     else:
         from collector.vserverstat import format_table

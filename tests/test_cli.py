@@ -68,3 +68,13 @@ def test_stat_live_host_lists_this_test_process():
     rows = json.loads(ctxmon("stat", "--json", "--source", "cgroup", check=True).stdout)
     assert sum(r["processes"] for r in rows) >= 2
     assert all(r["rss_bytes"] >= 0 and r["cpu_user_seconds"] >= 0 for r in rows)
+
+
+def test_stat_never_prints_terminal_controls_from_names():
+    from collector.vserverstat import terminal_text
+
+    raw = "web\x1b[2Jx\n" + b"\xff".decode("utf-8", "surrogateescape")
+    shown = terminal_text(raw)
+    assert shown.isprintable() and "\x1b" not in shown
+    assert shown == "web\\x1b[2Jx\\x0a\\xff"
+    assert terminal_text("wikkit.example.net") == "wikkit.example.net"
