@@ -37,6 +37,7 @@ from typing import Iterator
 from ctxmon.config import ALERT_METRICS, AlertRule, AlertsConfig, load_config
 
 from .alerts import VALUE_FORMATS, CompiledRule, Settings, format_value, value_unit
+from .files import write_atomic
 
 GROUP = "ctxmon"
 
@@ -334,10 +335,11 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, check_rrd_files=False)
     text = generate_rules(cfg.alerts, source=args.config, group=args.group)
     if args.output:
-        tmp = args.output + ".tmp"
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write(text)
-        os.replace(tmp, args.output)
+        try:
+            write_atomic(args.output, text.encode("ascii"))
+        except OSError as e:
+            print(f"ctxmon rules: {args.output}: {e.strerror or e}", file=sys.stderr)
+            return 2
     else:
         sys.stdout.write(text)
         sys.stdout.flush()

@@ -37,7 +37,6 @@ import os
 import queue
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
@@ -58,6 +57,7 @@ from ctxmon.config import (
     rule_levels,
 )
 
+from .files import write_atomic
 from .names import clean_text, loggable
 
 log = logging.getLogger("ctxmon.alerts")
@@ -933,21 +933,9 @@ def write_alert_state(engine: AlertEngine | None, path: str) -> bool:
                 return False
     except OSError:
         pass  # missing or unreadable: written anew
-    directory = os.path.dirname(path) or "."
-    tmp = None
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-alerts-", dir=directory)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as e:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
         why = e.strerror or str(e)
         if _state_write_failing.get(path) != why:
             log.warning("cannot write the alert state for the graphs (%s): %s", path, why)

@@ -31,15 +31,22 @@ import math
 import os
 import re
 import socket
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import rrdtool
 
+from exporters.files import write_atomic
 from exporters.names import decode_name, encode_name
-from exporters.rrd import CONTEXT_KINDS, CTX_DIR, RrdFile, fetch, list_rrd_files, rra_layout
+from exporters.rrd import (
+    CONTEXT_KINDS,
+    CTX_DIR,
+    RrdFile,
+    fetch,
+    list_rrd_files,
+    rra_layout,
+)
 
 from .alertstate import EMPTY as NO_ALERTS
 from .alertstate import AlertState, read_alert_state
@@ -846,24 +853,6 @@ class Painter:
 
 
 # ------------------------------------------------------------------ files
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _load_state(path: str) -> dict[str, dict]:
