@@ -71,7 +71,6 @@ DEFAULT_RULES: tuple[dict[str, str], ...] = (
 _LOOKUPS = ("docker",)
 _RULE_KEYS = {"glob", "regex", "name", "lookup"}
 _NAMED_FIELDS = ("path", "basename")
-_SYSTEMD_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
 
 
 def unescape_systemd(s: str) -> str:

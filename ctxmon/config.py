@@ -122,9 +122,6 @@ class CollectorConfig:
     kernel_hz: int | None = None  # None: detect ("auto")
     rules: tuple[Rule, ...] = field(default=(), metadata={"toml": "rule"})
 
-    def rule_dicts(self) -> list[dict[str, str]]:
-        return [r.as_dict() for r in self.rules]
-
 
 @dataclass(frozen=True, slots=True)
 class RrdConfig:
