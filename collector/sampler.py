@@ -290,11 +290,17 @@ def _unique_labels(contexts: list[ContextSample]) -> list[ContextSample]:
         by_label.setdefault(c.label, []).append(c)
     if all(len(v) == 1 for v in by_label.values()):
         return contexts
+    taken = set(by_label)
     out = []
     for same in by_label.values():
         same.sort(key=lambda c: c.key)
         out.append(same[0])
-        out.extend(dataclasses.replace(c, name=f"{c.label}~{c.ctx_id}") for c in same[1:])
+        for c in same[1:]:
+            label, n = f"{c.label}~{c.ctx_id}", 2
+            while label in taken:  # a guest may really be called "x~40012"
+                label, n = f"{c.label}~{c.ctx_id}~{n}", n + 1
+            taken.add(label)
+            out.append(dataclasses.replace(c, name=label))
     return out
 
 

@@ -177,3 +177,20 @@ def test_contexts_sharing_a_name_get_distinct_labels(tmp_path):
                    scanner=ProcessScanner(str(tmp_path), max_open=0)).sample()
     assert sorted(c.label for c in snap.contexts) == ["x.service", "x.service~ef34ab"]
     assert snap.context("x.service").key == "system.slice/x.service"
+
+
+def test_a_disambiguated_label_never_takes_an_existing_one(tmp_path):
+    _tree(tmp_path, [P(11, 1, 1, 1), P(20, 1, 1, 1), P(31, 1, 1, 1)])
+
+    class Three(Source):
+        name = "test"
+        ids = [ContextIdentity("a", "x", "1", "test"), ContextIdentity("b", "x", "2", "test"),
+               ContextIdentity("c", "x~2", "3", "test")]
+
+        def assign(self, procs, errors):
+            return {ident: [p] for ident, p in zip(self.ids, sorted(procs))}
+
+    snap = Sampler(Three(), str(tmp_path),
+                   scanner=ProcessScanner(str(tmp_path), max_open=0)).sample()
+    labels = [c.label for c in snap.contexts]
+    assert len(set(labels)) == 3 and "x" in labels and "x~2" in labels
