@@ -248,11 +248,13 @@ def test_kill_9_mid_write_loses_at_most_the_poll_in_progress(tmp_path, cgroup_fa
             fetched = rrdtool_cmd("fetch", rf.path, "AVERAGE", "-r", "1", "-s", str(last - 10), "-e", str(last))
             assert fetched.returncode == 0, (rf.path, fetched.stderr)
         # Only the poll in progress may be missing, in some files: their last updates
-        # are at most one step apart, and the seconds before it are all there.
+        # are at most one step apart, and the seconds before it are all there. (The
+        # file being written at the kill may hold the new last-update time without
+        # its row: that is the one step the issue allows to be lost.)
         lasts = {p: last_update(p) for p in paths}
         assert max(lasts.values()) - min(lasts.values()) <= 1, lasts
         for p in paths:
-            rows = known_rows(p, min(lasts.values()) - 5, min(lasts.values()))
+            rows = known_rows(p, min(lasts.values()) - 5, min(lasts.values()) - 1)
             assert rows and all(rows), (p, rows)
 
         d = daemons(cfg, tmp_path / f"daemon-{round_}.log")
