@@ -17,6 +17,16 @@ from typing import Sequence
 
 PREFIX = "ctxmon-test-"
 
+# Workloads for `python -c`: one CPU busy; 64 MiB touched page by page, then "ready".
+BURN = "while True: pass"
+TOUCH_64M = (
+    "import time\n"
+    "b = bytearray(64 << 20)\n"
+    "for i in range(0, len(b), 4096): b[i] = 1\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
 
 def v2_mount(mountinfo: str = "/proc/self/mountinfo") -> str | None:
     """Where cgroup2 is mounted (a pure-v2 host's /sys/fs/cgroup, a hybrid's .../unified)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))  # so test files can `import cgroups`
 
 import cgroups  # noqa: E402
+from daemonproc import Daemon  # noqa: E402
+from rrdcached import Rrdcached  # noqa: E402
 
 
 @pytest.fixture
@@ -38,3 +41,30 @@ def cgroup_factory(cgroup_v2_root):
     factory.cleanup()
     yield factory
     factory.cleanup()
+
+
+@pytest.fixture
+def rrdcached(tmp_path):
+    """A private rrdcached on a socket in the test's folder (its `base`, symlink-free:
+    -B refuses paths through symlinks), stopped at teardown even if a test killed it."""
+    if shutil.which("rrdcached") is None:
+        pytest.skip("rrdcached not installed (make test installs it)")
+    daemon = Rrdcached(os.path.realpath(tmp_path))
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def daemons():
+    """daemons(config, log_path) -> a running `ctxmon run` child, killed at teardown."""
+    started: list[Daemon] = []
+
+    def start(config, log_path) -> Daemon:
+        d = Daemon(config, log_path)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.kill()

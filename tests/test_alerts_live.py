@@ -24,17 +24,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-
+from cgroups import BURN, TOUCH_64M
 from promserver import PrometheusServer
 
-BURN = "while True: pass"
-TOUCH_64M = (
-    "import time\n"
-    "b = bytearray(64 << 20)\n"
-    "for i in range(0, len(b), 4096): b[i] = 1\n"
-    "print('ready', flush=True)\n"
-    "time.sleep(600)\n"
-)
 HOOK = """\
 import json, os, sys
 data = json.load(sys.stdin)

@@ -15,34 +15,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from cgroups import BURN, TOUCH_64M
 from daemonproc import POLLED, Daemon, free_port, write_config  # noqa: F401 (reused)
-from rrdcached import Rrdcached
 
 from collector.procfs import CLK_TCK, PAGE_SIZE
 from exporters.rrd import rrd_path
-
-BURN = "while True: pass"
-TOUCH_64M = (
-    "import time\n"
-    "b = bytearray(64 << 20)\n"
-    "for i in range(0, len(b), 4096): b[i] = 1\n"
-    "print('ready', flush=True)\n"
-    "time.sleep(600)\n"
-)
-
-
-@pytest.fixture
-def daemons():
-    started: list[Daemon] = []
-
-    def start(config, log_path):
-        d = Daemon(config, log_path)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        d.kill()
 
 
 def rrdtool(*args: str) -> str:
@@ -139,29 +116,24 @@ def test_daemon_polls_real_cgroups_into_rrd_files(tmp_path, cgroup_factory, daem
     assert any(p == 2 for _, (p, _t) in rows if not math.isnan(p)), rows
 
 
-def test_daemon_through_rrdcached_flushes_on_sigterm(tmp_path, cgroup_factory, daemons):
-    if shutil.which("rrdcached") is None:
-        pytest.skip("rrdcached not installed")
-    base = os.path.realpath(tmp_path)
-    cached = Rrdcached(base)
-    cached.start()
-    try:
-        rrd_dir = os.path.join(base, "rrd")
-        cfg = write_config(tmp_path / "ctxmon.toml", rrd_dir, daemon=cached.addr)
-        cg = cgroup_factory()
-        name = os.path.basename(cg.rel)
-        cg.spawn([sys.executable, "-c", "import time; time.sleep(600)"])
-        d = daemons(cfg, tmp_path / "daemon.log")
-        d.wait_for_log(POLLED, count=4)
-        assert d.stop() == 0, d.text()
-        # rrdcached writes only every hour (-w 3600): what is on disk now came from
-        # the daemon's flush at SIGTERM.
-        tasks = rrd_path(rrd_dir, "tasks", context=name)
-        last = int(rrdtool("last", tasks))
-        rows = fetch(tasks, "AVERAGE", last - 3, last)
-        assert any(p == 1 for _, (p, _t) in rows if not math.isnan(p)), rows
-    finally:
-        cached.stop()
+def test_daemon_through_rrdcached_flushes_on_sigterm(tmp_path, cgroup_factory, daemons, rrdcached):
+    cached = rrdcached
+    base = cached.base
+    rrd_dir = os.path.join(base, "rrd")
+    cfg = write_config(tmp_path / "ctxmon.toml", rrd_dir, daemon=cached.addr)
+    cg = cgroup_factory()
+    name = os.path.basename(cg.rel)
+    cg.spawn([sys.executable, "-c", "import time; time.sleep(600)"])
+    d = daemons(cfg, tmp_path / "daemon.log")
+    d.wait_for_log(POLLED, count=4)
+    assert d.stop() == 0, d.text()
+    # rrdcached writes only every hour (-w 3600): what is on disk now came from
+    # the daemon's flush at SIGTERM.
+    tasks = rrd_path(rrd_dir, "tasks", context=name)
+    last = int(rrdtool("last", tasks))
+    rows = fetch(tasks, "AVERAGE", last - 3, last)
+    assert any(p == 1 for _, (p, _t) in rows if not math.isnan(p)), rows
+
 
 
 def test_sighup_reload_keeps_the_old_config_when_the_new_one_is_bad(tmp_path, daemons):

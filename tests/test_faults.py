@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from daemonproc import POLLED, Daemon, free_port
-from rrdcached import Rrdcached
+from prometheus_client.parser import text_string_to_metric_families
 
 from collector import build_source
 from collector.sampler import Sampler
@@ -46,21 +45,6 @@ pytestmark = pytest.mark.skipif(shutil.which("rrdtool") is None, reason="rrdtool
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-def daemons():
-    """daemons(config, log_path) -> a running `ctxmon run` child, killed at teardown."""
-    started: list[Daemon] = []
-
-    def start(config, log_path) -> Daemon:
-        d = Daemon(config, log_path)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        d.kill()
 
 
 def log_lines(d: Daemon, needle: str) -> list[str]:
@@ -270,47 +254,42 @@ def test_kill_9_mid_write_loses_at_most_the_poll_in_progress(tmp_path, cgroup_fa
 # -------------------------------------------------------------------- rrdcached
 
 
-def test_rrdcached_killed_and_restarted(tmp_path, cgroup_factory, daemons):
-    if shutil.which("rrdcached") is None:
-        pytest.skip("rrdcached not installed")
-    base = os.path.realpath(tmp_path)
-    cached = Rrdcached(base)
+def test_rrdcached_killed_and_restarted(tmp_path, cgroup_factory, daemons, rrdcached):
+    cached = rrdcached
+    base = cached.base
+    rrd_dir = os.path.join(base, "rrd")
+    port = free_port()
+    cfg = write_config(tmp_path / "ctxmon.toml", rrd_dir, port=port, daemon=cached.addr)
+    cg = cgroup_factory()
+    cg.spawn(SLEEP)
+    tasks = rrd_path(rrd_dir, "tasks", context=os.path.basename(cg.rel))
+    d = daemons(cfg, tmp_path / "daemon.log")
+    d.wait_for_log(POLLED, count=3)
+    wait_until(lambda: os.path.exists(tasks), "the RRD file", daemon=d)
+
+    cached.stop(signal.SIGKILL)
+    polls = d.text().count(POLLED)
+    d.wait_for_log(POLLED, count=polls + 3)  # polling goes on without it
+    d.wait_for_log("RRD rrdcached:")  # logged once, not per poll
+    errors = value(samples(scrape(port)), "ctxmon_rrd_write_errors")
+    assert errors and errors >= 3, errors  # the lost updates are counted
+
     cached.start()
-    try:
-        rrd_dir = os.path.join(base, "rrd")
-        port = free_port()
-        cfg = write_config(tmp_path / "ctxmon.toml", rrd_dir, port=port, daemon=cached.addr)
-        cg = cgroup_factory()
-        cg.spawn(SLEEP)
-        tasks = rrd_path(rrd_dir, "tasks", context=os.path.basename(cg.rel))
-        d = daemons(cfg, tmp_path / "daemon.log")
-        d.wait_for_log(POLLED, count=3)
-        wait_until(lambda: os.path.exists(tasks), "the RRD file", daemon=d)
+    back = int(time.time())
+    wait_until(lambda: last_update(tasks, cached.addr) > back + 3,
+               "updates through the restarted rrdcached", daemon=d)
+    log = d.text()
+    assert len(log_lines(d, "RRD rrdcached:")) == 2, log  # down once, recovered once
+    assert "RRD rrdcached: recovered" in log
+    # From the first poll after it came back, nothing is missing. (What rrdcached
+    # had acknowledged but not yet written to its journal died with it: its
+    # journal is buffered.)
+    last = last_update(tasks, cached.addr)
+    rows = known_rows(tasks, back + 1, last, cached.addr)
+    assert rows and all(rows), rows
+    assert_flowing(d, port, tasks, cached.addr)
+    assert d.stop() == 0
 
-        cached.stop(signal.SIGKILL)
-        polls = d.text().count(POLLED)
-        d.wait_for_log(POLLED, count=polls + 3)  # polling goes on without it
-        d.wait_for_log("RRD rrdcached:")  # logged once, not per poll
-        errors = value(samples(scrape(port)), "ctxmon_rrd_write_errors")
-        assert errors and errors >= 3, errors  # the lost updates are counted
-
-        cached.start()
-        back = int(time.time())
-        wait_until(lambda: last_update(tasks, cached.addr) > back + 3,
-                   "updates through the restarted rrdcached", daemon=d)
-        log = d.text()
-        assert len(log_lines(d, "RRD rrdcached:")) == 2, log  # down once, recovered once
-        assert "RRD rrdcached: recovered" in log
-        # From the first poll after it came back, nothing is missing. (What rrdcached
-        # had acknowledged but not yet written to its journal died with it: its
-        # journal is buffered.)
-        last = last_update(tasks, cached.addr)
-        rows = known_rows(tasks, back + 1, last, cached.addr)
-        assert rows and all(rows), rows
-        assert_flowing(d, port, tasks, cached.addr)
-        assert d.stop() == 0
-    finally:
-        cached.stop()
 
 
 # -------------------------------------------------------------------- disk full

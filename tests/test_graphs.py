@@ -31,7 +31,6 @@ from graphs import legend
 from graphs.legend import Stats, display_name, legend_stats, si_format
 from graphs.render import (
     IN_COLOR,
-    OUT_COLOR,
     BusyError,
     ChartBuilder,
     GraphRun,
@@ -167,8 +166,8 @@ def small_env(tmp_path) -> Env:
 
 
 def pixels(path: str):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
@@ -634,29 +633,22 @@ def test_unreadable_rrd_file_is_skipped_and_counted(small_env):
     assert os.path.isfile(os.path.join(e.graphs_dir, "ctx", "web", "cpu-day.png"))
 
 
-def test_rrdcached_pending_updates_are_graphed(tmp_path):
-    if shutil.which("rrdcached") is None:
-        pytest.skip("rrdcached not installed")
-    from rrdcached import Rrdcached  # tests/rrdcached.py
+def test_rrdcached_pending_updates_are_graphed(rrdcached):
+    daemon = rrdcached
+    base = daemon.base
+    e = make_env(base, names=("web",), days=0.5, daemon=daemon.addr)
+    plan = make_plan(list_rrd_files(e.rrd_dir))
+    spec = next(s for s in plan.host_specs if s.stem == "if-eth0")
+    width = Painter(WIDTH, HEIGHT).plot_width
+    # rrdcached holds every update (-w 3600): the file alone knows no traffic yet
+    direct = ChartBuilder(width).build(spec, "day", NOW, None).legend[0].stats
+    cached = ChartBuilder(width, daemon=daemon.addr).build(spec, "day", NOW, None).legend[0].stats
+    assert math.isnan(direct.cur)
+    rate = 1.5e6 * (1.1 + math.sin(T_END / 6000)) * 8  # bits/s written for the last step
+    assert cached.cur == pytest.approx(rate, rel=1e-3)
+    r = graph_run(e).run(periods=("day",))
+    assert r.failed == 0 and r.rendered == 3 + 2 + 3 + 1
 
-    base = os.path.realpath(tmp_path)
-    daemon = Rrdcached(base)
-    daemon.start()
-    try:
-        e = make_env(base, names=("web",), days=0.5, daemon=daemon.addr)
-        plan = make_plan(list_rrd_files(e.rrd_dir))
-        spec = next(s for s in plan.host_specs if s.stem == "if-eth0")
-        width = Painter(WIDTH, HEIGHT).plot_width
-        # rrdcached holds every update (-w 3600): the file alone knows no traffic yet
-        direct = ChartBuilder(width).build(spec, "day", NOW, None).legend[0].stats
-        cached = ChartBuilder(width, daemon=daemon.addr).build(spec, "day", NOW, None).legend[0].stats
-        assert math.isnan(direct.cur)
-        rate = 1.5e6 * (1.1 + math.sin(T_END / 6000)) * 8  # bits/s written for the last step
-        assert cached.cur == pytest.approx(rate, rel=1e-3)
-        r = graph_run(e).run(periods=("day",))
-        assert r.failed == 0 and r.rendered == 3 + 2 + 3 + 1
-    finally:
-        daemon.stop()
 
 
 # ----------------------------------------------------------------------- CLI

@@ -30,9 +30,8 @@ import urllib.parse
 
 import pytest
 from daemonproc import POLLED, free_port
-from test_faults import (  # noqa: F401  (daemons: a fixture)
+from test_faults import (
     add_guest,
-    daemons,
     no_traceback,
     samples,
     scrape,

@@ -140,7 +140,6 @@ def warnings_about(caplog, text: str) -> list[str]:
 
 # -------------------------------------------------------------- rrdcached
 
-from rrdcached import Rrdcached  # noqa: E402  (tests/rrdcached.py)
 
 
 @pytest.fixture(autouse=True)
@@ -151,16 +150,6 @@ def info_logs(caplog):
 @pytest.fixture
 def base(tmp_path):
     return os.path.realpath(tmp_path)  # rrdcached -B wants no symlink on the way
-
-
-@pytest.fixture
-def rrdcached(base):
-    if shutil.which("rrdcached") is None:
-        pytest.skip("rrdcached not installed")
-    daemon = Rrdcached(base)
-    daemon.start()
-    yield daemon
-    daemon.stop()
 
 
 @pytest.fixture
