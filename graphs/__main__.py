@@ -67,7 +67,8 @@ def run(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
     """Render as `args` (from add_arguments) says; errors are one line on stderr."""
     from ctxmon.config import ConfigError, load_config
 
-    from .render import GraphError, GraphRun, Painter, UnknownContextError
+    from .paint import Painter
+    from .run import GraphError, GraphRun, UnknownContextError
 
     err = stderr or sys.stderr
     try:

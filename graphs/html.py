@@ -24,7 +24,7 @@ from .legend import auto_scale, display_name
 
 if TYPE_CHECKING:
     from .alertstate import AlertShown, AlertState
-    from .render import ContextEntry, ContextFigures, GraphSpec, Plan
+    from .plan import ContextEntry, ContextFigures, GraphSpec, Plan
 
 PAGE_NAMES = {"day": "index.html", "week": "week.html", "month": "month.html", "year": "year.html"}
 PERIOD_TITLES = {"day": "Day", "week": "Week", "month": "Month", "year": "Year"}

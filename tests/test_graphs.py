@@ -29,7 +29,7 @@ from exporters.names import encode_name
 from exporters.rrd import RrdSink, list_rrd_files, rra_layout, rrd_path
 from graphs import legend
 from graphs.legend import Stats, display_name, legend_stats, si_format
-from graphs.render import (
+from graphs.render import (  # the re-exporting facade: these tests predate the split
     IN_COLOR,
     BusyError,
     ChartBuilder,
