@@ -13,6 +13,7 @@ import os
 import time
 from typing import Callable, Iterable
 
+from .catalog import DEPARTED_STATE_SECONDS
 from .procfs import (
     CLK_TCK,
     PAGE_SIZE,
@@ -29,9 +30,7 @@ from .source import ContextIdentity, KernelAccounting, Source
 
 log = logging.getLogger(__name__)
 
-# How long the counter state of a departed context is kept, so that a service or
-# guest restarted within that time continues its counter instead of resetting it.
-DEPARTED_STATE_SECONDS = 3600.0
+__all__ = ["CpuCounters", "DEPARTED_STATE_SECONDS", "Sampler"]
 
 
 class CpuCounters:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -35,54 +34,10 @@ def _check_root(proc_root: str) -> None:
 
 
 def snapshot_json(snap: Snapshot) -> list[dict]:
-    """`ctxmon stat --json`: one object per context, base units."""
-    out = []
-    for c in snap.contexts:
-        out.append(
-            {
-                "context": c.label,
-                "name": c.name,
-                "id": c.xid if c.xid is not None else c.ctx_id,
-                "source": c.source,
-                "cgroup": c.cgroup,
-                "processes": c.processes,
-                "threads": c.threads,
-                "vsz_bytes": c.vsz_bytes,
-                "rss_bytes": c.rss_bytes,
-                "cpu_user_seconds": round(c.cpu_user_seconds, 6),
-                "cpu_system_seconds": round(c.cpu_system_seconds, 6),
-                "cpu_accounting": c.cpu_accounting,
-                "live_user_seconds": round(c.live_user_seconds, 6),
-                "live_system_seconds": round(c.live_system_seconds, 6),
-                "uptime_seconds": None if c.uptime_seconds is None else round(c.uptime_seconds, 2),
-                "start_time": None if c.start_time is None else round(c.start_time, 2),
-                "limits": [
-                    {
-                        "resource": l.resource,
-                        "unit": l.unit,
-                        "current": l.current,
-                        "min": l.minimum,
-                        "max": l.maximum,
-                        "soft": l.soft,
-                        "hard": l.hard,
-                        "hits": l.hits,
-                    }
-                    for l in c.limits
-                ],
-                "sockets": [
-                    {
-                        "family": s.family,
-                        "recv_bytes": s.recv_bytes,
-                        "send_bytes": s.send_bytes,
-                        "recv_calls": s.recv_calls,
-                        "send_calls": s.send_calls,
-                    }
-                    for s in c.sockets
-                ],
-                "interfaces": [dataclasses.asdict(i) for i in c.interfaces],
-            }
-        )
-    return out
+    """`ctxmon stat --json`: one object per context, base units (fields: the catalog's)."""
+    from collector.catalog import context_json
+
+    return [context_json(c) for c in snap.contexts]
 
 
 def cmd_stat(args: argparse.Namespace) -> int:

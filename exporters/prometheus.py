@@ -22,11 +22,10 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from collector.sampler import DEPARTED_STATE_SECONDS
+from collector import catalog
+from collector.catalog import DEPARTED_STATE_SECONDS, OTHER
 from collector.snapshot import ContextSample, Snapshot
 from exporters.names import clean_text as label_value
-
-OTHER = "other"  # the context label of the contexts folded by the cap
 
 
 def _version() -> str:
@@ -54,91 +53,19 @@ class SelfMetrics:
     poll_failures_total: int = 0  # polls that raised and produced no snapshot
 
 
-# name (without _total for counters) -> (type, help, label names). The one place the
-# exported metrics are defined; describe() and the README table come from here.
+# name (without _total for counters) -> (type, help, label names), derived from the
+# metric catalog (collector.catalog), the one place the exported metrics are declared.
 FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    # per context
-    "ctxmon_context_cpu_seconds": (
-        "counter", "CPU seconds used by the context's processes, including exited ones.",
-        ("context", "mode")),
-    "ctxmon_context_memory_rss_bytes": (
-        "gauge", "Resident set size summed over the context's processes.", ("context",)),
-    "ctxmon_context_memory_virtual_bytes": (
-        "gauge", "Virtual memory size summed over the context's processes.", ("context",)),
-    "ctxmon_context_processes": (
-        "gauge", "Processes (thread-group leaders) in the context.", ("context",)),
-    "ctxmon_context_threads": ("gauge", "Threads in the context.", ("context",)),
-    "ctxmon_context_start_time_seconds": (
-        "gauge", "When the context started, in seconds since the epoch.", ("context",)),
-    "ctxmon_context_info": (
-        "gauge", "Identity of the context: id is the VServer xid or the cgroup path, "
-        "source the context source (vserver, cgroup).", ("context", "id", "source")),
-    "ctxmon_context_resource_usage": (
-        "gauge", "Current use of a limited resource (bytes for memory-like resources, "
-        "else a count).", ("context", "resource")),
-    "ctxmon_context_resource_usage_max": (
-        "gauge", "High-water mark of a limited resource's use.", ("context", "resource")),
-    "ctxmon_context_resource_usage_min": (
-        "gauge", "Low-water mark of a limited resource's use (VServer 2.2+).",
-        ("context", "resource")),
-    "ctxmon_context_limit": (
-        "gauge", "Limit of a resource, type soft or hard; absent when unlimited.",
-        ("context", "resource", "type")),
-    "ctxmon_context_limit_hits": (
-        "counter", "Times a limit refused the context something.", ("context", "resource")),
-    "ctxmon_context_network_receive_bytes": (
-        "counter", "Bytes received on an interface of the context's own network namespace.",
-        ("context", "interface")),
-    "ctxmon_context_network_transmit_bytes": (
-        "counter", "Bytes sent on an interface of the context's own network namespace.",
-        ("context", "interface")),
-    "ctxmon_context_network_receive_packets": (
-        "counter", "Packets received on an interface of the context's own network "
-        "namespace.", ("context", "interface")),
-    "ctxmon_context_network_transmit_packets": (
-        "counter", "Packets sent on an interface of the context's own network namespace.",
-        ("context", "interface")),
-    "ctxmon_context_socket_receive_bytes": (
-        "counter", "Payload bytes received through sockets of an address family "
-        "(VServer cacct).", ("context", "family")),
-    "ctxmon_context_socket_send_bytes": (
-        "counter", "Payload bytes sent through sockets of an address family (VServer cacct).",
-        ("context", "family")),
-    # host
-    "ctxmon_contexts": ("gauge", "Contexts in the latest snapshot.", ()),
-    **{
-        f"ctxmon_network_{d}_{what}": ("counter", f"{doc} a host network interface.", ("device",))
-        for d, docs in (
-            ("receive", ("Bytes received on", "Packets received on", "Receive errors on",
-                         "Received packets dropped by")),
-            ("transmit", ("Bytes sent on", "Packets sent on", "Transmit errors on",
-                          "Packets to send dropped by")),
-        )
-        for what, doc in zip(("bytes", "packets", "errors", "drops"), docs)
-    },
-    # the daemon itself
-    "ctxmon_poll_duration_seconds": ("gauge", "How long the last poll took.", ()),
-    "ctxmon_last_poll_timestamp_seconds": (
-        "gauge", "When the last poll ended, in seconds since the epoch.", ()),
-    "ctxmon_poll_errors": (
-        "gauge", "Files skipped in the last poll (unreadable or malformed), per source.",
-        ("source",)),
-    "ctxmon_rrd_write_errors": ("gauge", "RRD updates that failed in the last poll.", ()),
-    "ctxmon_polls": ("counter", "Polls done since the daemon started.", ()),
-    "ctxmon_missed_polls": (
-        "counter", "Polls skipped because the previous one or the host was too slow.", ()),
-    "ctxmon_poll_failures": ("counter", "Polls that failed and produced no snapshot.", ()),
-    "ctxmon_contexts_folded": (
-        "gauge", f"Contexts summed into context=\"{OTHER}\" by the export cap.", ()),
-    "ctxmon_build_info": ("gauge", "ctxmon's version; always 1.", ("version",)),
+    f.name: (f.type, f.help, f.labels) for f in catalog.FAMILIES
 }
+_CONTEXT_FAMILIES = tuple(f for f in catalog.FAMILIES if f.scope == "context")
+_SUMMED = tuple(f for f in _CONTEXT_FAMILIES if f.summed)
+_OWN = tuple(f for f in _CONTEXT_FAMILIES if not f.summed)
+# Host families the snapshot fills; `ctxmon_contexts_folded` is the cap's (no samples).
+_HOST_FAMILIES = tuple(f for f in catalog.FAMILIES if f.scope == "host" and f.samples)
 
 # Families that change between snapshots (from SelfMetrics), rendered on every scrape.
-LIVE_FAMILIES = (
-    "ctxmon_poll_duration_seconds", "ctxmon_last_poll_timestamp_seconds",
-    "ctxmon_rrd_write_errors", "ctxmon_polls", "ctxmon_missed_polls", "ctxmon_poll_failures",
-    "ctxmon_build_info",
-)
+LIVE_FAMILIES = tuple(f.name for f in catalog.FAMILIES if f.scope == "daemon")
 
 _FAMILY_CLASS = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
 
@@ -172,43 +99,20 @@ def unique_labels(contexts: Iterable[ContextSample], reserved: str | None = None
 Row = tuple[str, tuple[str, ...], float]
 
 
+def _rows(families: tuple[catalog.Family, ...], c: ContextSample) -> Iterator[Row]:
+    for fam in families:
+        for labels, value in fam.samples(c):  # type: ignore[misc]
+            yield fam.name, tuple(label_value(v) for v in labels), value
+
+
 def _summed_rows(c: ContextSample) -> Iterator[Row]:
     """The samples that stay meaningful when contexts are summed into `other`."""
-    yield "ctxmon_context_cpu_seconds", ("user",), c.cpu_user_seconds
-    yield "ctxmon_context_cpu_seconds", ("system",), c.cpu_system_seconds
-    yield "ctxmon_context_memory_rss_bytes", (), c.rss_bytes
-    yield "ctxmon_context_memory_virtual_bytes", (), c.vsz_bytes
-    yield "ctxmon_context_processes", (), c.processes
-    yield "ctxmon_context_threads", (), c.threads
-    for i in c.interfaces:
-        name = (label_value(i.name),)
-        yield "ctxmon_context_network_receive_bytes", name, i.rx_bytes
-        yield "ctxmon_context_network_transmit_bytes", name, i.tx_bytes
-        yield "ctxmon_context_network_receive_packets", name, i.rx_packets
-        yield "ctxmon_context_network_transmit_packets", name, i.tx_packets
-    for s in c.sockets:
-        fam = (label_value(s.family),)
-        yield "ctxmon_context_socket_receive_bytes", fam, s.recv_bytes
-        yield "ctxmon_context_socket_send_bytes", fam, s.send_bytes
+    return _rows(_SUMMED, c)
 
 
 def _own_rows(c: ContextSample) -> Iterator[Row]:
     """Samples of one context that make no sense summed (identity, limits)."""
-    if c.start_time is not None:
-        yield "ctxmon_context_start_time_seconds", (), c.start_time
-    yield "ctxmon_context_info", (label_value(c.key), label_value(c.source)), 1
-    for lim in c.limits:
-        res = (label_value(lim.resource),)
-        yield "ctxmon_context_resource_usage", res, lim.current
-        if lim.maximum is not None:
-            yield "ctxmon_context_resource_usage_max", res, lim.maximum
-        if lim.minimum is not None:
-            yield "ctxmon_context_resource_usage_min", res, lim.minimum
-        if lim.soft is not None:
-            yield "ctxmon_context_limit", res + ("soft",), lim.soft
-        if lim.hard is not None:
-            yield "ctxmon_context_limit", res + ("hard",), lim.hard
-        yield "ctxmon_context_limit_hits", res, lim.hits
+    return _rows(_OWN, c)
 
 
 class _OtherCounters:
@@ -331,23 +235,9 @@ class SnapshotCollector(Collector):
             folded_count = self._contexts(snap, add)
             if self.max_contexts is not None:
                 add("ctxmon_contexts_folded", (), folded_count)
-            add("ctxmon_contexts", (), len(snap.contexts))
-            for i in snap.host_interfaces:
-                dev = (label_value(i.name),)
-                for d, b, p, e, dr in (
-                    ("receive", i.rx_bytes, i.rx_packets, i.rx_errors, i.rx_drops),
-                    ("transmit", i.tx_bytes, i.tx_packets, i.tx_errors, i.tx_drops),
-                ):
-                    add(f"ctxmon_network_{d}_bytes", dev, b)
-                    add(f"ctxmon_network_{d}_packets", dev, p)
-                    add(f"ctxmon_network_{d}_errors", dev, e)
-                    add(f"ctxmon_network_{d}_drops", dev, dr)
-            # The usual sources always have a series (0 when clean), so an alert on
-            # `> 0` sees a change of value rather than a series appearing.
-            errors = dict.fromkeys(("procfs", "net", snap.source), 0)
-            errors.update(snap.errors)
-            for src, n in sorted(errors.items()):
-                add("ctxmon_poll_errors", (label_value(src),), n)
+            for hf in _HOST_FAMILIES:
+                for labels, value in hf.samples(snap):  # type: ignore[misc]
+                    add(hf.name, (label_value(v) for v in labels), value)
         return [fam for fam in fams.values() if fam.samples]
 
     def _live_families(self, me: SelfMetrics) -> list[Metric]:

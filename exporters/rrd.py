@@ -1,16 +1,10 @@
 """RRD storage sink: one RRD file per context and group of series, one per host interface.
 
-Layout under the sink's directory (names made safe by `exporters.names.encode_name`,
-read back with `decode_name`; `rrd_path` and `list_rrd_files` are the way to find and
-label files, e.g. for graphs):
-
-    ctx/<context>/cpu.rrd        user, system           DERIVE  CPU microseconds
-    ctx/<context>/mem.rrd        rss, vsz               GAUGE   bytes
-    ctx/<context>/tasks.rrd      processes, threads     GAUGE   count
-    ctx/<context>/net-<if>.rrd   INTERFACE_DS           DERIVE  bytes, packets ...
-    host/if-<dev>.rrd            INTERFACE_DS           DERIVE
-    archive/<context>-<YYYYmmddHHMMSS>/   departed contexts (time of their last update, UTC)
-    archive/host/if-<dev>-<YYYYmmddHHMMSS>.rrd   departed host interfaces
+Which files there are, and their data sources, comes from the metric catalog
+(`collector.catalog.FILE_KINDS`); where they are is `exporters.rrdlayout`'s
+(`ctx/<context>/<kind>.rrd`, `ctx/<context>/net-<if>.rrd`, `host/if-<dev>.rrd`,
+departed ones under `archive/`). `rrd_path` and `list_rrd_files` are re-exported
+here for older callers.
 
 CPU time is stored as an integer count of microseconds (`int(seconds * 1e6)`), since
 DERIVE takes integers: the stored rate is microseconds of CPU per second, and
@@ -46,9 +40,21 @@ from typing import Callable, Iterable, NamedTuple
 
 import rrdtool
 
-from collector.snapshot import InterfaceSample, Snapshot
+from collector import catalog
+from collector.catalog import INTERFACE_DS, FileKind
+from collector.snapshot import Snapshot
 
+from . import rrdlayout as layout
 from .names import decode_name, encode_name
+from .rrdlayout import (  # noqa: F401  (re-exported for older callers)
+    ARCHIVE_DIR,
+    CONTEXT_KINDS,
+    CTX_DIR,
+    HOST_DIR,
+    RrdFile,
+    list_rrd_files,
+    rrd_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,119 +70,12 @@ _LIBRRD_TEMP = re.compile(r"\.rrd[A-Za-z0-9]{6}$")
 DEFAULT_RETENTION_SECONDS = 30 * DAY
 RRDCACHED_PORT = 42217
 
-CTX_DIR = "ctx"
-HOST_DIR = "host"
-ARCHIVE_DIR = "archive"
-
-INTERFACE_DS = (
-    "rx_bytes",
-    "tx_bytes",
-    "rx_packets",
-    "tx_packets",
-    "rx_errors",
-    "tx_errors",
-    "rx_drops",
-    "tx_drops",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class FileKind:
-    """One kind of RRD file: its data sources and how to read them back."""
-
-    name: str  # cpu, mem, tasks, net (a context's interface), host-if
-    ds: tuple[str, ...]
-    ds_type: str  # DERIVE or GAUGE
-    unit: str  # of the values `fetch` returns
-    scale: float  # `fetch` multiplies stored values by this
-
-
-KINDS: dict[str, FileKind] = {
-    "cpu": FileKind("cpu", ("user", "system"), "DERIVE", "CPU seconds per second", 1 / CPU_SCALE),
-    "mem": FileKind("mem", ("rss", "vsz"), "GAUGE", "bytes", 1.0),
-    "tasks": FileKind("tasks", ("processes", "threads"), "GAUGE", "count", 1.0),
-    "net": FileKind("net", INTERFACE_DS, "DERIVE", "per second", 1.0),
-    "host-if": FileKind("host-if", INTERFACE_DS, "DERIVE", "per second", 1.0),
-}
-CONTEXT_KINDS = ("cpu", "mem", "tasks")
-
-
-# --------------------------------------------------------------------------- layout
-
-
-def rrd_path(directory: str, kind: str, context: str | None = None, interface: str | None = None) -> str:
-    """Path of one RRD file. `kind` is a key of KINDS; names are the raw (decoded) ones.
-
-    cpu, mem, tasks need `context`; net needs `context` and `interface`; host-if needs
-    `interface`.
-    """
-    if kind in CONTEXT_KINDS and context is not None:
-        return os.path.join(directory, CTX_DIR, encode_name(context), kind + ".rrd")
-    if kind == "net" and context is not None and interface is not None:
-        return os.path.join(directory, CTX_DIR, encode_name(context), "net-" + encode_name(interface) + ".rrd")
-    if kind == "host-if" and interface is not None:
-        return os.path.join(directory, HOST_DIR, "if-" + encode_name(interface) + ".rrd")
-    raise ValueError(f"bad RRD file spec: kind={kind!r} context={context!r} interface={interface!r}")
-
-
-class RrdFile(NamedTuple):
-    """An RRD file found in the layout, with the names to label it by."""
-
-    path: str
-    kind: str
-    context: str | None  # decoded; ends with "…" when the name was too long to keep
-    interface: str | None
-
-
-def _identify_in_context(path: str, filename: str, context: str) -> RrdFile | None:
-    if not filename.endswith(".rrd"):
-        return None
-    stem = filename[: -len(".rrd")]
-    if stem in CONTEXT_KINDS:
-        return RrdFile(path, stem, context, None)
-    if stem.startswith("net-"):
-        try:
-            return RrdFile(path, "net", context, decode_name(stem[len("net-") :]))
-        except ValueError:
-            return None
-    return None
-
-
-def list_rrd_files(directory: str) -> list[RrdFile]:
-    """Every RRD file of the layout under `directory` (not the archive), sorted by path.
-
-    Entries whose names `encode_name` cannot have produced are not ours and are skipped.
-    """
-    found: list[RrdFile] = []
-    ctx_root = os.path.join(directory, CTX_DIR)
-    for entry in _scandir(ctx_root):
-        if not entry.is_dir(follow_symlinks=False):
-            continue
-        try:
-            context = decode_name(entry.name)
-        except ValueError:
-            continue
-        for f in _scandir(entry.path):
-            if f.is_file(follow_symlinks=False):
-                rf = _identify_in_context(f.path, f.name, context)
-                if rf is not None:
-                    found.append(rf)
-    for f in _scandir(os.path.join(directory, HOST_DIR)):
-        if f.is_file(follow_symlinks=False) and f.name.startswith("if-") and f.name.endswith(".rrd"):
-            try:
-                found.append(RrdFile(f.path, "host-if", None, decode_name(f.name[3:-4])))
-            except ValueError:
-                continue
-    found.sort(key=lambda r: r.path)
-    return found
-
-
-def _scandir(path: str) -> list[os.DirEntry]:
-    try:
-        with os.scandir(path) as it:
-            return list(it)
-    except OSError:
-        return []
+# The catalog's file kinds (name -> FileKind: ds, ds_type, unit, scale, values).
+KINDS: dict[str, FileKind] = catalog.FILE_KIND
+_CONTEXT_FILE_KINDS = tuple(k for k in catalog.FILE_KINDS if k.scope == "context")
+_CONTEXT_IF_KINDS = tuple(k for k in catalog.FILE_KINDS if k.scope == "context-interface")
+_HOST_IF_KINDS = tuple(k for k in catalog.FILE_KINDS if k.scope == "host-interface")
+_scandir = layout.scandir
 
 
 # ------------------------------------------------------------------------ definitions
@@ -271,7 +170,8 @@ def fetch(
     if daemon:
         args = ["--daemon", daemon, *args]
     (s, e, st), names, rows = rrdtool.fetch(*args)
-    scale = KINDS["cpu"].scale if os.path.basename(path) == "cpu.rrd" else 1.0
+    kind = layout.kind_of(path)
+    scale = KINDS[kind].scale if kind is not None else 1.0
     if scale != 1.0:
         rows = [tuple(None if v is None else v * scale for v in row) for row in rows]
     return Fetched(s, e, st, tuple(names), list(rows))
@@ -417,15 +317,12 @@ def _value(v: object) -> str:
         return "U"  # NaN, inf, None: an unknown point rather than a failed update
 
 
-def _cpu(seconds: float) -> str:
-    try:
-        return str(int(seconds * CPU_SCALE))
-    except (TypeError, ValueError, OverflowError):
-        return "U"
-
-
-def _interface_values(i: InterfaceSample) -> str:
-    return ":".join(_value(getattr(i, ds)) for ds in INTERFACE_DS)
+def _stored(kind: FileKind, subject: object) -> str:
+    """The update values of one file: integers (DERIVE takes no fractions), U unknown."""
+    if kind.store_scale == 1.0:
+        return ":".join(_value(v) for v in kind.values(subject))
+    return ":".join(_value(None if v is None else v * kind.store_scale)
+                    for v in kind.values(subject))
 
 
 CLOCK_BACK = "clock stepped back: updates skipped"
@@ -476,7 +373,7 @@ class RrdSink:
         self.skipped_count = 0
         self._clock = clock
         self._ctx_root = os.path.join(self.directory, CTX_DIR)
-        self._host_root = os.path.join(self.directory, HOST_DIR)
+        self._host_root = layout.host_dir(self.directory)
         self._daemon_args: tuple[str, ...] = ("--daemon", self.daemon) if self.daemon else ()
         self._timeout = float(min(30, max(5, self.step)))
         self._conn: _Rrdcached | None = None
@@ -548,7 +445,7 @@ class RrdSink:
         points: list[tuple[str, FileKind, str]] = []
         seen: set[str] = set()
 
-        def add(path: str, kind: str, values: str) -> None:
+        def add(path: str, kind: FileKind, values: str) -> None:
             if path in seen:
                 self.skipped_count += 1
                 if path not in self._duplicates_warned:
@@ -556,17 +453,21 @@ class RrdSink:
                     log.warning("RRD: two contexts or interfaces map to %s in one poll: only the first is stored", path)
                 return
             seen.add(path)
-            points.append((path, KINDS[kind], values))
+            points.append((path, kind, values))
 
         for c in snapshot.contexts:
-            cdir = os.path.join(self._ctx_root, encode_name(c.label))
-            add(os.path.join(cdir, "cpu.rrd"), "cpu", f"{_cpu(c.cpu_user_seconds)}:{_cpu(c.cpu_system_seconds)}")
-            add(os.path.join(cdir, "mem.rrd"), "mem", f"{_value(c.rss_bytes)}:{_value(c.vsz_bytes)}")
-            add(os.path.join(cdir, "tasks.rrd"), "tasks", f"{_value(c.processes)}:{_value(c.threads)}")
+            cdir = layout.context_dir(self.directory, c.label)
+            for kind in _CONTEXT_FILE_KINDS:
+                if kind.has_file(c):
+                    add(os.path.join(cdir, layout.context_file_name(kind.name)), kind, _stored(kind, c))
             for i in c.interfaces:
-                add(os.path.join(cdir, f"net-{encode_name(i.name)}.rrd"), "net", _interface_values(i))
+                for kind in _CONTEXT_IF_KINDS:
+                    add(os.path.join(cdir, layout.interface_file_name(kind.name, i.name)), kind,
+                        _stored(kind, i))
         for i in snapshot.host_interfaces:
-            add(os.path.join(self._host_root, f"if-{encode_name(i.name)}.rrd"), "host-if", _interface_values(i))
+            for kind in _HOST_IF_KINDS:
+                add(os.path.join(self._host_root, layout.interface_file_name(kind.name, i.name)), kind,
+                    _stored(kind, i))
         return points
 
     def _write_direct(self, points: list[tuple[str, FileKind, str]], ts: int) -> None:
@@ -814,9 +715,10 @@ class RrdSink:
             if last is not None and last < cutoff:
                 target = self._archive_target(entry.name, last, "")
                 self._archive(entry.path, files, target, f"context {decode_name(entry.name)!r}", last)
-        present_if = {f"if-{encode_name(i.name)}.rrd" for i in snapshot.host_interfaces}
+        present_if = {layout.interface_file_name(k.name, i.name)
+                      for i in snapshot.host_interfaces for k in _HOST_IF_KINDS}
         for entry in _scandir(self._host_root):
-            if entry.name in present_if or not (entry.name.startswith("if-") and entry.name.endswith(".rrd")):
+            if entry.name in present_if or not layout.is_host_interface_file(entry.name):
                 continue
             last = self._last_update(entry.path)
             if last is not None and last < cutoff:
