@@ -68,3 +68,13 @@ def daemons():
     yield start
     for d in started:
         d.kill()
+
+
+# Fixtures that start real peers make their tests `live` (see pyproject's markers).
+LIVE_FIXTURES = frozenset({"cgroup_factory", "cgroup_v2_root", "rrdcached", "daemons"})
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if LIVE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.live)

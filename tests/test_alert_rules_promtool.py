@@ -23,6 +23,8 @@ from ctxmon.config import load_config, parse_duration
 from exporters.alert_rules import generate_rules
 from exporters.alerts import AlertEngine
 
+pytestmark = [pytest.mark.live]
+
 CHECKOUT = Path(__file__).resolve().parent.parent
 PROMTOOL_DIR = CHECKOUT / "tests" / "promtool"
 SHIPPED_CONFIG = CHECKOUT / "conf" / "ctxmon.toml"

@@ -27,6 +27,8 @@ import pytest
 from cgroups import BURN, TOUCH_64M
 from promserver import PrometheusServer
 
+pytestmark = [pytest.mark.live, pytest.mark.slow]
+
 HOOK = """\
 import json, os, sys
 data = json.load(sys.stdin)

@@ -668,7 +668,8 @@ def test_real_cgroup_cpu_rss_and_exit(cgroup_factory, cgroup_v2_root):
         expected_rss = 64 * MIB + 2 * idle_rss  # both children carry an idle one's baseline
         assert abs(ctx.rss_bytes - expected_rss) <= 0.10 * expected_rss, (ctx.rss_bytes,
                                                                            expected_rss)
-        assert snap.context("host") is not None
+        host = snap.context("host")
+        assert host is not None and host.processes >= 1 and host.key == ""
 
         burner.kill()
         burner.wait()

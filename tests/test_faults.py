@@ -42,6 +42,7 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 SLEEP = ["sleep", "600"]
 
 pytestmark = pytest.mark.skipif(shutil.which("rrdtool") is None, reason="rrdtool not installed")
+pytestmark = [pytestmark, pytest.mark.live, pytest.mark.slow]
 
 
 # --------------------------------------------------------------------------- helpers

@@ -34,6 +34,7 @@ pytestmark = pytest.mark.skipif(
     CHROMIUM is None or shutil.which("rrdtool") is None,
     reason="Debian chromium (and rrdtool) not installed; `make test` installs them",
 )
+pytestmark = [pytestmark, pytest.mark.live, pytest.mark.slow]
 
 PHONE = (390, 844)
 NAMES = ("web", *EVIL)

@@ -333,7 +333,9 @@ def test_a_proc_entry_of_non_ascii_digits_is_skipped(tmp_path):
         snap = sampler.sample()
     finally:
         sampler.close()
-    assert snap.context("customer-portal-staging-01") is not None
+    portal = snap.context("customer-portal-staging-01")
+    assert portal is not None and (portal.xid, portal.processes) == (40002, 2)
+    assert len(snap.contexts) == 4  # the odd entry made no context
 
 
 def test_a_proc_virtual_entry_of_non_ascii_digits_is_skipped(tmp_path):
@@ -344,7 +346,9 @@ def test_a_proc_virtual_entry_of_non_ascii_digits_is_skipped(tmp_path):
         snap = sampler.sample()
     finally:
         sampler.close()
-    assert snap.context("customer-portal-staging-01") is not None
+    portal = snap.context("customer-portal-staging-01")
+    assert portal is not None and (portal.xid, portal.processes) == (40002, 2)
+    assert len(snap.contexts) == 4  # the odd entry made no context
 
 
 def test_an_interface_named_in_utf8_keeps_its_name(tmp_path):

@@ -29,6 +29,7 @@ from exporters.prometheus import SelfMetrics, SnapshotCollector, build_registry
 pytestmark = pytest.mark.skipif(
     find_binary("prometheus") is None, reason="Debian package prometheus not installed"
 )
+pytestmark = [pytestmark, pytest.mark.live, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

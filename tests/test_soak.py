@@ -63,6 +63,8 @@ def test_the_series_check_finds_a_departed_context():
     assert soak.check_series(fine, snap, departed={"gone"}) == []
 
 
+@pytest.mark.live
+@pytest.mark.slow
 def test_300_polls_with_churn_and_10_scrapers_hold(tmp_path):
     reason = cgroups.unavailable_reason()
     if reason:
