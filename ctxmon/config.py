@@ -38,6 +38,8 @@ __all__ = [
     "LogConfig",
     "RrdConfig",
     "Rule",
+    "config_from_json",
+    "config_to_json",
     "default_config",
     "load_config",
     "parse_duration",
@@ -293,6 +295,59 @@ def toml_keys(cls: type) -> dict[str, str]:
             out[key] = f.name
     return out
 
+
+
+def config_to_json(cfg: Config) -> str:
+    """A validated Config as JSON, for a child process (the graph renderer) that must
+    run on the daemon's config in force rather than re-read a file that may have
+    changed (and been refused) since."""
+    return json.dumps(_encode(cfg), separators=(",", ":"))
+
+
+def config_from_json(text: str | bytes) -> Config:
+    """The inverse of config_to_json. Raises ValueError on anything else."""
+    try:
+        return _decode(Config, json.loads(text))
+    except (TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"not a serialized config: {e}") from None
+
+
+def _encode(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: _encode(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(hint: Any, value: Any) -> Any:
+    import types
+    import typing
+
+    if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
+        if not isinstance(value, dict):
+            raise TypeError(f"{hint.__name__}: expected an object")
+        hints = typing.get_type_hints(hint)
+        return hint(**{f.name: _decode(hints[f.name], value[f.name])
+                       for f in fields(hint) if f.name in value})
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _decode(inner[0], value)
+    if origin is tuple:
+        return tuple(_decode(args[0], v) for v in value)
+    if origin is not None and issubclass(origin, Mapping):
+        return MappingProxyType({str(k): _decode(args[1], v) for k, v in value.items()})
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise TypeError(f"expected {hint.__name__}, got {type(value).__name__}")
+    return value
 
 
 def default_config() -> Config:

@@ -251,12 +251,23 @@ class Daemon:
                     return
             elif code:
                 log.warning("graph rendering exited with status %d", code)
+        import tempfile
+
+        from .config import config_to_json
+
+        # Isolated (-I: neither the working directory nor PYTHON* variables reach
+        # sys.path, so no graphs/ lying in the daemon's folder runs as root), started
+        # in "/", and given the config in force (validated, serialized into an
+        # unlinked private file on stdin) instead of the file, which may hold a
+        # config a SIGHUP was refused for.
         try:
-            self._renderer = subprocess.Popen(
-                [sys.executable, "-m", "graphs", "--daemon-child", "-c",
-                 self.cfg.source_path or self.config_path],
-                stdin=subprocess.DEVNULL, close_fds=True,
-            )
+            with tempfile.TemporaryFile() as spec:
+                spec.write(config_to_json(self.cfg).encode())
+                spec.seek(0)
+                self._renderer = subprocess.Popen(
+                    [sys.executable, "-I", "-m", "graphs", "--daemon-child", "--config-stdin"],
+                    stdin=spec, close_fds=True, cwd="/",
+                )
         except OSError as e:
             self._renderer = None
             log.error("cannot start the graph renderer: %s", e)

@@ -24,8 +24,12 @@ log = logging.getLogger("ctxmon.graphs")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `python -m graphs` / `ctxmon graph`."""
-    parser.add_argument("-c", "--config", required=True, metavar="FILE",
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("-c", "--config", metavar="FILE",
                         help="TOML config file: [rrd] dir/step/daemon to read, [graphs] dir to write")
+    # The daemon's child: its validated config in force, serialized on stdin (the
+    # file may hold a newer config the daemon refused).
+    source.add_argument("--config-stdin", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--period", choices=PERIODS, action="append", metavar="PERIOD",
                         help="day, week, month or year (repeatable; default all four)")
     parser.add_argument("--context", metavar="NAME",
@@ -65,15 +69,18 @@ class Progress:
 
 def run(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
     """Render as `args` (from add_arguments) says; errors are one line on stderr."""
-    from ctxmon.config import ConfigError, load_config
+    from ctxmon.config import ConfigError, config_from_json, load_config
 
     from .paint import Painter
     from .run import GraphError, GraphRun, UnknownContextError
 
     err = stderr or sys.stderr
     try:
-        cfg = load_config(args.config, check_rrd_files=not args.daemon_child)
-    except ConfigError as e:
+        if getattr(args, "config_stdin", False):
+            cfg = config_from_json(sys.stdin.buffer.read())
+        else:
+            cfg = load_config(args.config, check_rrd_files=not args.daemon_child)
+    except (ConfigError, ValueError) as e:
         print(f"ctxmon graph: {e}", file=err)
         return EXIT_USAGE
     try:
