@@ -101,6 +101,32 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from planner import PlanError
+    from planner.cli import run
+
+    local = None
+    if not args.history and not args.prometheus:
+        if not args.config:
+            raise UserError("plan: give -c FILE (this host's [rrd] dir), --history NAME=DIR "
+                            "or --prometheus URL")
+        local = load_config(args.config).rrd.dir
+    try:
+        return run(args, local)
+    except PlanError as e:
+        raise UserError(f"plan: {e}") from None
+
+
+def cmd_demo_history(args: argparse.Namespace) -> int:
+    from planner import PlanError
+    from planner.cli import run_demo
+
+    try:
+        return run_demo(args)
+    except PlanError as e:
+        raise UserError(f"demo-history: {e}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ctxmon",
@@ -157,6 +183,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "evaluate the same alerts as the daemon (ctxmon_* series).")
     rules_arguments(ru)
     ru.set_defaults(func=cmd_rules)
+
+    from planner.cli import add_arguments as plan_arguments, add_demo_arguments
+
+    pl = sub.add_parser(
+        "plan", help="plan where contexts should run, from their stored CPU and memory history",
+        description="Place every context on one host so that each host's time-aligned CPU "
+        "sum stays under target at a percentile and its memory peaks fit; fewest hosts "
+        "first, then the most even headroom. Prints a table per host, the moves, and what "
+        "sizing by each context's own peak would need.")
+    plan_arguments(pl)
+    pl.set_defaults(func=cmd_plan)
+    text = "write a demo history (the talk's 24 servers on 3 hosts, 30 days of RRD files)"
+    dh = sub.add_parser("demo-history", help=text, description=text + ", to try ctxmon "
+                        "plan and the graph pages on a fresh machine.")
+    add_demo_arguments(dh)
+    dh.set_defaults(func=cmd_demo_history)
     return p
 
 
