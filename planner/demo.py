@@ -19,9 +19,10 @@ import numpy as np
 import rrdtool
 
 from exporters.files import write_atomic
-from exporters.rrd import CPU_SCALE, definition_args
+from exporters.rrd import definition_args
+from exporters.rrdlayout import context_dir, context_file_name
 
-from .history import CAPACITY_FILE, context_dir
+from .history import CAPACITY_FILE, CPU_SCALE
 from .model import GiB
 
 DAY = 86400
@@ -109,7 +110,7 @@ def write_context(directory: str, context: str, start: int, step: int,
     mem = [f"{t}:U:U" if u_ or np.isnan(m) else f"{t}:{int(m)}:{int(m * 1.6)}"
            for t, m, u_ in zip(times[1:], memory_bytes, unknown[1:])]
     for kind, updates in (("cpu", cpu), ("mem", mem)):
-        f = os.path.join(path, kind + ".rrd")
+        f = os.path.join(path, context_file_name(kind))
         if os.path.exists(f):
             os.unlink(f)
         args = definition_args(kind, step)

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import rrdtool
 
-from exporters.names import decode_name, encode_name, loggable
-from exporters.rrd import CPU_SCALE, CTX_DIR, HOST_DIR
+from collector.catalog import FILE_KIND, FILE_KINDS
+from exporters.names import decode_name, loggable
+from exporters.rrdlayout import CTX_DIR, HOST_DIR, context_file_name
 
 from . import PlanError
 from .model import Demand, Host, Problem, fill_gaps
@@ -30,10 +30,15 @@ from .model import Demand, Host, Problem, fill_gaps
 log = logging.getLogger("ctxmon.plan")
 
 CAPACITY_FILE = os.path.join(HOST_DIR, "capacity.json")
-# Data sources that hold the kernel's memory figure of a cgroup context, by the file
-# they live in; the first with data wins, else `mem.rrd` rss.
-CGROUP_MEMORY = (("memory.rrd", ("current", "usage")), ("cgmem.rrd", ("current", "usage")),
-                 ("mem.rrd", ("cgroup", "current", "usage")))
+CPU_FILE = context_file_name("cpu")
+MEM_FILE = context_file_name("mem")
+CPU_SCALE = FILE_KIND["cpu"].store_scale  # stored: microseconds per second
+# The kernel's memory figure of a cgroup context: the catalog's file kind whose host
+# graph stands in for summed RSS, and the data source it sums there. Where a context
+# has none (VServer guests, cgroup v1 without memory), `mem.rrd` rss counts.
+CGROUP_MEMORY = tuple((context_file_name(k.name), k.graph.host_ds[:1]) for k in FILE_KINDS
+                      if k.scope == "context" and k.graph is not None
+                      and k.graph.replaces_on_host == "mem" and k.graph.host_ds)
 
 
 @dataclass
@@ -101,12 +106,12 @@ def read_rrd_dir(host: str, directory: str, start: int, end: int) -> list[Series
         if series is not None:
             out.append(series)
     if not out:
-        raise PlanError(f"history {host}: {directory}: no context has a cpu.rrd")
+        raise PlanError(f"history {host}: {directory}: no context has a {CPU_FILE}")
     return out
 
 
 def _read_context(host: str, context: str, path: str, start: int, end: int) -> Series | None:
-    cpu_path = os.path.join(path, "cpu.rrd")
+    cpu_path = os.path.join(path, CPU_FILE)
     if not os.path.isfile(cpu_path):
         return None
     try:
@@ -136,7 +141,7 @@ def _read_context(host: str, context: str, path: str, start: int, end: int) -> S
         if memory is not None:
             break
     if memory is None:
-        f = os.path.join(path, "mem.rrd")
+        f = os.path.join(path, MEM_FILE)
         try:
             ms, mst, mnames, mvalues = _fetch(f, _memory_cf(f), start, end)
             memory = (ms, mst, mvalues[:, mnames.index("rss")])
@@ -233,11 +238,3 @@ def _dur(seconds: float) -> str:
     from .model import format_duration
 
     return format_duration(seconds)
-
-
-def context_dir(directory: str, context: str) -> str:
-    return os.path.join(directory, CTX_DIR, encode_name(context))
-
-
-def whole_steps(seconds: float, step: int) -> int:
-    return int(math.ceil(seconds / step))
