@@ -78,6 +78,11 @@ DEPARTED_STATE_SECONDS = 3600.0
 
 OTHER = "other"  # the context label of contexts folded by the export cap
 
+# Keys of `ContextSample.figures` (sources fill them, in base units; absent = the
+# context has no such figure, never 0).
+MEMORY_ANON = "memory_anon_bytes"  # cgroup memory.stat anon (v1 total_rss)
+MEMORY_FILE = "memory_file_bytes"  # cgroup memory.stat file (v1 total_cache)
+
 Samples = Iterable[tuple[tuple[str, ...], float]]
 
 
@@ -146,6 +151,7 @@ class FileKind:
     store_scale: float = 1.0
     graph: Graph | None = None
     present: Callable[[ContextSample], bool] | None = None  # None: always
+    readme: str = ""  # README's line on its files: data sources, type, stored unit
 
     @property
     def ds(self) -> tuple[str, ...]:
@@ -237,6 +243,27 @@ def _poll_errors(snap: Snapshot) -> Samples:
     errors = dict.fromkeys(("procfs", "net", snap.source), 0)
     errors.update(snap.errors)
     return (((src,), n) for src, n in sorted(errors.items()))
+
+
+def _figures(*pairs: tuple[str, str]) -> Callable[[ContextSample], Samples]:
+    """Samples of a family labelled by figure: ((label value, figures key), ...);
+    a figure the context lacks has no sample."""
+    def samples(c: ContextSample) -> Iterator[tuple[tuple[str, ...], float]]:
+        figures = c.figures
+        for label, key in pairs:
+            if key in figures:
+                yield (label,), figures[key]
+    return samples
+
+
+def _memory_charged(c: ContextSample) -> int | None:
+    """What the kernel charges to the context's cgroup (v2 memory.current, v1
+    memory.usage_in_bytes): the source's `memory` limit row. None where there is no
+    memory controller, and for VServer contexts."""
+    for lim in c.limits:
+        if lim.resource == "memory":
+            return lim.current
+    return None
 
 
 def _cpu(c: ContextSample) -> Samples:
@@ -335,6 +362,14 @@ FAMILIES: tuple[Family, ...] = (
            "Payload bytes sent through sockets of an address family (VServer cacct).",
            ("context", "family"), "bytes", "context", _per_family("send_bytes"), summed=True,
            readme_group="ctxmon_context_socket_{receive,send}_bytes_total"),
+    Family("ctxmon_context_memory_cgroup_bytes", "gauge",
+           "Memory the kernel charges to the context's cgroup, by type: anon (process "
+           "memory) or file (page cache), from memory.stat.", ("context", "type"), "bytes",
+           "context", _figures(("anon", MEMORY_ANON), ("file", MEMORY_FILE)), summed=True,
+           readme_labels="context, type=`anon`\\|`file`",
+           readme="the cgroup's own memory by type (v2 `memory.stat` anon/file, v1 "
+                  "total_rss/total_cache); the whole charge is `ctxmon_context_resource_usage"
+                  "{resource=\"memory\"}`. Unlike summed RSS, shared pages count once"),
     # host
     Family("ctxmon_contexts", "gauge", "Contexts in the latest snapshot.", (), "count",
            "host", lambda snap: (((), len(snap.contexts)),), readme="contexts in the snapshot"),
@@ -404,25 +439,40 @@ FILE_KINDS: tuple[FileKind, ...] = (
         DataSource("user", lambda c: c.cpu_user_seconds, "user", "user", "area"),
         DataSource("system", lambda c: c.cpu_system_seconds, "system", "system", "area"),
     ), "CPU seconds per second", store_scale=1_000_000,  # DERIVE takes integers: µs
+        readme="user, system           DERIVE  CPU microseconds",
         graph=Graph("CPU", "% of one CPU", None, factor=100.0, shown=("user", "system"),
                     host_title="CPU by context", host_ds=("user", "system"),
                     host_vertical_label="% of one CPU", host_base=None, stacked=True)),
     FileKind("mem", "context", "GAUGE", (
         DataSource("rss", lambda c: c.rss_bytes, "RSS", "rss", "area"),
         DataSource("vsz", lambda c: c.vsz_bytes, "VSZ", "vsz", "line"),
-    ), "bytes", graph=Graph("memory", "bytes", 1024, shown=("rss", "vsz"),
+    ), "bytes", readme="rss, vsz               GAUGE   bytes",
+        graph=Graph("memory", "bytes", 1024, shown=("rss", "vsz"),
                             host_title="Memory by context", host_ds=("rss",),
                             host_vertical_label="bytes (RSS)", host_base=1024)),
     FileKind("tasks", "context", "GAUGE", (
         DataSource("processes", lambda c: c.processes, "processes", "processes", "area"),
         DataSource("threads", lambda c: c.threads, "threads", "threads", "line"),
-    ), "count", graph=Graph("processes", "count", 1000, shown=("processes", "threads"),
+    ), "count", readme="processes, threads     GAUGE   count",
+        graph=Graph("processes", "count", 1000, shown=("processes", "threads"),
                             host_title="Processes by context", host_ds=("processes",),
                             host_vertical_label="processes", host_base=1000)),
+    # The cgroup's own memory figures, where it has a memory controller. The host
+    # memory graph takes `usage` instead of the mem file's summed RSS where a context
+    # has this file: RSS counts pages shared between processes once per process.
+    FileKind("cgmem", "context", "GAUGE", (
+        DataSource("usage", _memory_charged, "charged", "usage", "line"),
+        DataSource("anon", lambda c: c.figures.get(MEMORY_ANON), "anon", "anon", "area"),
+        DataSource("file", lambda c: c.figures.get(MEMORY_FILE), "page cache", "file", "area"),
+    ), "bytes", present=lambda c: _memory_charged(c) is not None,
+        readme="usage, anon, file      GAUGE   bytes (cgroup contexts with a memory controller)",
+        graph=Graph("cgroup memory", "bytes", 1024, shown=("anon", "file", "usage"),
+                    stacked=True, host_ds=("usage",), host_vertical_label="bytes",
+                    host_base=1024, replaces_on_host="mem")),
     FileKind("net", "context-interface", "DERIVE", _interface_sources(), "per second",
-             graph=_TRAFFIC),
+             graph=_TRAFFIC, readme="rx/tx bytes, packets, errors, drops   DERIVE"),
     FileKind("host-if", "host-interface", "DERIVE", _interface_sources(), "per second",
-             graph=_TRAFFIC),
+             graph=_TRAFFIC, readme="rx/tx bytes, packets, errors, drops   DERIVE"),
 )
 
 FILE_KIND: dict[str, FileKind] = {k.name: k for k in FILE_KINDS}
@@ -528,6 +578,9 @@ CONTEXT_JSON: tuple[tuple[str, Callable[[ContextSample], Any]], ...] = (
          "recv_calls": s.recv_calls, "send_calls": s.send_calls}
         for s in c.sockets]),
     ("interfaces", lambda c: [dataclasses.asdict(i) for i in c.interfaces]),
+    ("cgroup_memory", lambda c: None if _memory_charged(c) is None else {
+        "charged_bytes": _memory_charged(c), "anon_bytes": c.figures.get(MEMORY_ANON),
+        "file_bytes": c.figures.get(MEMORY_FILE)}),
 )
 
 
@@ -578,5 +631,5 @@ __all__ = [
     "ALERT_METRIC", "ALERT_METRICS", "AlertMetric", "CONTEXT_JSON", "CONTEXT_KINDS",
     "CounterSource", "DEPARTED_STATE_SECONDS", "DataSource", "FAMILIES", "FAMILY",
     "FILE_KIND", "FILE_KINDS", "Family", "FileKind", "Graph", "INTERFACE_DS", "OTHER",
-    "context_json", "readme_table",
+    "context_json", "readme_table", "MEMORY_ANON", "MEMORY_FILE",
 ]

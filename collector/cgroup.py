@@ -25,6 +25,7 @@ import string
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from .catalog import MEMORY_ANON, MEMORY_FILE
 from .procfs import CLK_TCK, ErrorCounts, ParseError, ProcStat
 from .snapshot import LimitRow
 from .source import ContextIdentity, KernelAccounting, Source
@@ -639,7 +640,7 @@ class CgroupSource(Source):
             if row is not None:
                 limits.append(row)
         return KernelAccounting(cpu_user_seconds=user, cpu_system_seconds=system,
-                                limits=tuple(limits))
+                                limits=tuple(limits), figures=self._figures(path, errors))
 
     @staticmethod
     def _file(path: str, parse, errors: ErrorCounts, missing_ok: bool = True):
@@ -714,3 +715,36 @@ class CgroupSource(Source):
                 hits=events.get("max", 0),
             )
         return None
+
+    # ---- further figures (ContextSample.figures; keys from collector.catalog)
+
+    def _figures(self, path: str, errors: ErrorCounts) -> dict[str, float]:
+        figures: dict[str, float] = {}
+        figures.update(self._memory_stat(path, errors))
+        return figures
+
+    def _memory_stat(self, path: str, errors: ErrorCounts) -> dict[str, float]:
+        """anon and file memory from memory.stat, of the controller `_memory` reads.
+
+        v2's figures include descendants; v1's `total_*` do (its plain rss/cache are
+        this cgroup's own only), as memory.usage_in_bytes does."""
+        if self.v2_dir:
+            stat = self._file(os.path.join(self.v2_dir, path, "memory.stat"), parse_flat_keyed,
+                              errors)
+            if stat is not None:
+                return _memory_split(stat, "anon", "file")
+        if "memory" in self.v1_dirs:
+            stat = self._file(os.path.join(self.v1_dirs["memory"], path, "memory.stat"),
+                              parse_flat_keyed, errors)
+            if stat is not None:
+                return _memory_split(stat, "total_rss", "total_cache")
+        return {}
+
+
+def _memory_split(stat: Mapping[str, int], anon: str, file: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if anon in stat:
+        out[MEMORY_ANON] = stat[anon]
+    if file in stat:
+        out[MEMORY_FILE] = stat[file]
+    return out

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import time
+from types import MappingProxyType
 from typing import Callable, Iterable
 
 from .catalog import DEPARTED_STATE_SECONDS
@@ -31,6 +32,8 @@ from .source import ContextIdentity, KernelAccounting, Source
 log = logging.getLogger(__name__)
 
 __all__ = ["CpuCounters", "DEPARTED_STATE_SECONDS", "Sampler"]
+
+_NO_FIGURES: MappingProxyType = MappingProxyType({})
 
 
 class CpuCounters:
@@ -225,6 +228,7 @@ class Sampler:
             limits=acct.limits,
             sockets=acct.sockets,
             interfaces=netns.interfaces_of(members),
+            figures=MappingProxyType(dict(acct.figures)) if acct.figures else _NO_FIGURES,
         )
 
     def _host_uptime(self, errors: ErrorCounts) -> float:

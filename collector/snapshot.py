@@ -12,6 +12,10 @@ from types import MappingProxyType
 from typing import Mapping
 
 
+def _frozen_mapping(d: Mapping[str, float] | None = None) -> Mapping[str, float]:
+    return MappingProxyType(dict(d or {}))
+
+
 @dataclass(frozen=True, slots=True)
 class LimitRow:
     """One resource limit of a context (a VServer `limit` line, a cgroup memory.max ...).
@@ -94,6 +98,10 @@ class ContextSample:
     limits: tuple[LimitRow, ...] = ()
     sockets: tuple[SocketAccounting, ...] = ()
     interfaces: tuple[InterfaceSample, ...] = ()  # only when it has its own netns
+    # Further figures the kernel keeps for this context (cgroup memory.stat, pressure
+    # ...), by the key the metric catalog (collector.catalog) declares for each, in
+    # base units. A key is absent, not 0, where this context has no such figure.
+    figures: Mapping[str, float] = field(default_factory=_frozen_mapping)
 
     @property
     def label(self) -> str:
@@ -102,10 +110,6 @@ class ContextSample:
         if self.name:
             return self.name
         return f"xid-{self.xid}" if self.xid is not None else f"ctx-{self.ctx_id}"
-
-
-def _frozen_mapping(d: Mapping[str, int] | None = None) -> Mapping[str, int]:
-    return MappingProxyType(dict(d or {}))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from .procfs import ErrorCounts, ProcStat
 from .snapshot import LimitRow, SocketAccounting
@@ -43,6 +43,7 @@ class KernelAccounting:
     threads: int | None = None
     limits: tuple[LimitRow, ...] = ()
     sockets: tuple[SocketAccounting, ...] = ()
+    figures: Mapping[str, float] | None = None  # ContextSample.figures (catalog keys)
 
 
 class Source(ABC):

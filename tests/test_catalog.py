@@ -27,6 +27,16 @@ def test_readme_table_is_the_catalogs():
         "`python -m collector.catalog` between the markers")
 
 
+def test_readme_rrd_file_list_is_the_layouts():
+    from exporters import rrdlayout
+
+    readme = (ROOT / "README.md").read_text()
+    assert rrdlayout.readme_block() in readme, (
+        "README's RRD file list differs: paste the output of `python -m exporters.rrdlayout`")
+    for k in catalog.FILE_KINDS:
+        assert k.readme, f"file kind {k.name} has no README line"
+
+
 def test_python_m_prints_the_table():
     out = subprocess.run([sys.executable, "-m", "collector.catalog"], cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout
