@@ -14,6 +14,9 @@ RUN_PACKAGES := gcc pkg-config python3-dev python3-venv librrd-dev rrdtool
 # The real peers the tests run (never as system services): rrdcached, Prometheus
 # (and promtool), Alertmanager, headless Chromium, openssl for TLS certificates.
 TEST_PACKAGES := rrdcached prometheus prometheus-alertmanager chromium openssl
+# Traffic accounting: real nftables in a private namespace (tests); iperf3 for
+# benchmarks/nft_bench.py.
+TEST_PACKAGES += nftables iperf3
 
 .PHONY: run test stat setup deps test-deps clean
 

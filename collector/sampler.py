@@ -28,6 +28,7 @@ from .procfs import (
 )
 from .snapshot import ContextSample, InterfaceSample, Snapshot
 from .source import ContextIdentity, KernelAccounting, Source
+from .traffic import TrafficAccounting
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,10 @@ class Sampler:
         proc_root: str = "/proc",
         clock: Callable[[], float] = time.time,
         scanner: ProcessScanner | None = None,
+        traffic: TrafficAccounting | None = None,
     ):
         self.source = source
+        self.traffic = traffic  # [traffic] accounting; None when off
         self.proc_root = proc_root
         self.clock = clock
         self.scanner = scanner or ProcessScanner(proc_root)
@@ -127,6 +130,8 @@ class Sampler:
     def close(self) -> None:
         self.scanner.close()
         self.source.close()
+        if self.traffic is not None:
+            self.traffic.close()  # deletes the nftables table
 
     def replace_source(self, source: Source) -> None:
         """Group by new rules from the next poll on, keeping the held stat files and
@@ -154,6 +159,11 @@ class Sampler:
             )
         self.cpu.end_poll((c.key for c in contexts), now)
         contexts = _unique_labels(contexts)
+        if self.traffic is not None:
+            traffic = self.traffic.sample(
+                contexts, now, errors, getattr(self.source, "guest_config_dir", None))
+            contexts = [dataclasses.replace(c, traffic=traffic[c.key]) if c.key in traffic
+                        else c for c in contexts]
         contexts.sort(key=_context_order)
         return Snapshot(
             timestamp=now,

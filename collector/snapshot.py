@@ -63,6 +63,18 @@ class InterfaceSample:
 
 
 @dataclass(frozen=True, slots=True)
+class TrafficSample:
+    """A context's traffic as `[traffic] accounting` measured it: counters that never
+    decrease (offsets carry them over rule rebuilds and a context's restart)."""
+
+    method: str  # how it was measured: "cgroup", "address" or "netns"
+    rx_bytes: int
+    rx_packets: int
+    tx_bytes: int
+    tx_packets: int
+
+
+@dataclass(frozen=True, slots=True)
 class ContextSample:
     """Everything sampled for one context in one poll.
 
@@ -102,6 +114,7 @@ class ContextSample:
     # ...), by the key the metric catalog (collector.catalog) declares for each, in
     # base units. A key is absent, not 0, where this context has no such figure.
     figures: Mapping[str, float] = field(default_factory=_frozen_mapping)
+    traffic: TrafficSample | None = None  # only with [traffic] accounting on
 
     @property
     def label(self) -> str:

@@ -477,6 +477,16 @@ class VServerSource(Source):
             return []
         return [int(n) for n in names if n.isascii() and n.isdigit()]
 
+    def guest_config_dir(self, xid: int) -> str | None:
+        """The host path of the running guest's config dir (for its `interfaces/`)."""
+        cfg = find_config_dir(self._name_root, self._vservers_dir, xid)
+        if cfg is None:
+            return None
+        try:
+            return resolve_in_root(self._name_root, cfg)
+        except OSError:
+            return None
+
     def _name(self, xid: int, now: float) -> str:
         cached = self._names.get(xid)
         if cached is not None and now - cached[1] < NAME_TTL_SECONDS:
