@@ -77,9 +77,19 @@ def read_capacity(directory: str) -> dict | None:
 
 def _fetch(path: str, cf: str, start: int, end: int) -> tuple[int, int, list[str], np.ndarray]:
     (s, _e, st), names, rows = rrdtool.fetch(path, cf, "--start", str(start), "--end", str(end))
-    # None (unknown) becomes NaN with dtype float
-    values = np.array(rows, dtype=np.float64).reshape(len(rows), len(names))
+    # None (unknown) becomes NaN with dtype float; a flat list converts ~3x faster
+    # than the list of row tuples
+    values = np.array([v for row in rows for v in row], dtype=np.float64).reshape(
+        len(rows), len(names))
     return s, st, list(names), values
+
+
+def _fetch_memory(path: str, start: int, end: int) -> tuple[int, int, list[str], np.ndarray]:
+    """MAX where the file keeps it (a peak between rows counts), else AVERAGE."""
+    try:
+        return _fetch(path, "MAX", start, end)
+    except rrdtool.OperationalError:
+        return _fetch(path, "AVERAGE", start, end)
 
 
 def read_rrd_dir(host: str, directory: str, start: int, end: int) -> list[Series]:
@@ -129,7 +139,7 @@ def _read_context(host: str, context: str, path: str, start: int, end: int) -> S
         if not os.path.isfile(f):
             continue
         try:
-            ms, mst, mnames, mvalues = _fetch(f, _memory_cf(f), start, end)
+            ms, mst, mnames, mvalues = _fetch_memory(f, start, end)
         except rrdtool.OperationalError:
             continue
         for ds in wanted:
@@ -143,23 +153,13 @@ def _read_context(host: str, context: str, path: str, start: int, end: int) -> S
     if memory is None:
         f = os.path.join(path, MEM_FILE)
         try:
-            ms, mst, mnames, mvalues = _fetch(f, _memory_cf(f), start, end)
+            ms, mst, mnames, mvalues = _fetch_memory(f, start, end)
             memory = (ms, mst, mvalues[:, mnames.index("rss")])
         except (rrdtool.OperationalError, ValueError):
             log.warning("%s: %s: no readable memory series, context %s counted with none",
                         host, f, loggable(context))
             memory = (s, st, np.zeros(cpu.size))
     return Series(context, host, (s, st, cpu), memory, source)
-
-
-def _memory_cf(path: str) -> str:
-    """MAX where the file keeps it (a peak between rows counts), else AVERAGE."""
-    try:
-        info = rrdtool.info(path)
-    except rrdtool.OperationalError:
-        return "AVERAGE"
-    cfs = {v for k, v in info.items() if k.startswith("rra[") and k.endswith("].cf")}
-    return "MAX" if "MAX" in cfs else "AVERAGE"
 
 
 def to_grid(series: tuple[int, int, np.ndarray], start: int, step: int, points: int,

@@ -77,6 +77,7 @@ class _State:
         self.count = np.zeros(self.H, dtype=int)
         self.assign = np.full(self.N, -1)
         self.current = np.array([self._host_index(d.host) for d in problem.contexts], dtype=int)
+        self.size: np.ndarray | None = None  # see _size_order
 
     def _host_index(self, name: str | None) -> int:
         for j, h in enumerate(self.problem.hosts):
@@ -174,9 +175,11 @@ class _State:
 def _size_order(st: _State, indices) -> list[int]:
     """Biggest first: each context's percentile, peak and memory against the largest
     host's targets (whichever is the largest share)."""
-    cap, hard, memcap = st.cap.max(), st.hard.max(), st.memcap.max()
-    pct = np.array([st.pct(st.C[i]) for i in range(st.N)]) if st.T else np.zeros(st.N)
-    size = np.maximum(np.maximum(pct / cap, st.peak / hard), st.M / memcap)
+    if st.size is None:
+        cap, hard, memcap = st.cap.max(), st.hard.max(), st.memcap.max()
+        pct = (np.partition(st.C, st.k, axis=1)[:, st.k] if st.T else np.zeros(st.N))
+        st.size = np.maximum(np.maximum(pct / cap, st.peak / hard), st.M / memcap)
+    size = st.size
     return sorted(indices, key=lambda i: (-size[i], st.problem.contexts[i].name))
 
 
@@ -282,7 +285,11 @@ def _pack(st: _State, items: list[int], hosts: list[int], pinned: dict[int, int]
     state is left as it was."""
     saved = st.snapshot()
     left = _first_fit(st, items, hosts, pinned)
-    if not left or _repair(st, left, hosts, pinned, deadline):
+    if not left:
+        return True
+    # One repair may not take all the time left: other hosts are still to be tried.
+    now = time.monotonic()
+    if _repair(st, left, hosts, pinned, min(deadline, now + max(0.2, (deadline - now) / 8))):
         return True
     # Small instances: a few more tries in other orders (seeded, so plans repeat).
     rng = np.random.default_rng(len(items))
@@ -341,7 +348,7 @@ def _even_out(st: _State, pinned: dict[int, int], max_moves: int | None, deadlin
 
 
 def optimise(problem: Problem, targets: Targets, keep: dict[str, str] | None = None,
-             max_moves: int | None = None, time_budget: float = 6.0) -> Placement:
+             max_moves: int | None = None, time_budget: float = 3.0) -> Placement:
     """The placement with the fewest hosts, then the most even headroom."""
     st = _State(problem, targets)
     names = [d.name for d in problem.contexts]
@@ -370,7 +377,7 @@ def optimise(problem: Problem, targets: Targets, keep: dict[str, str] | None = N
         if result is None:  # today's placement cannot be fixed within the moves
             result = np.full(st.N, -1)
         st.restore(result)
-    _even_out(st, pinned, max_moves, deadline + 2.0)
+    _even_out(st, pinned, max_moves, max(deadline, time.monotonic() + 0.2) + 1.0)
     assign = {names[i]: (problem.hosts[int(st.assign[i])].name if st.assign[i] >= 0 else None)
               for i in range(st.N)}
     unplaced = sorted(names[i] for i in range(st.N) if st.assign[i] < 0)
