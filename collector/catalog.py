@@ -373,6 +373,13 @@ FAMILIES: tuple[Family, ...] = (
     # host
     Family("ctxmon_contexts", "gauge", "Contexts in the latest snapshot.", (), "count",
            "host", lambda snap: (((), len(snap.contexts)),), readme="contexts in the snapshot"),
+    Family("ctxmon_host_cpus", "gauge", "Online CPUs of the host.", (), "count", "host",
+           lambda snap: () if snap.host_cpus is None else (((), snap.host_cpus),),
+           readme="the host's online CPUs (for `ctxmon plan`)"),
+    Family("ctxmon_host_memory_bytes", "gauge", "Memory of the host (MemTotal).", (), "bytes",
+           "host", lambda snap: () if snap.host_memory_bytes is None
+           else (((), snap.host_memory_bytes),),
+           readme="the host's memory, MemTotal (for `ctxmon plan`)"),
     *(
         Family(f"ctxmon_network_{d}_{what}", "counter", f"{doc} a host network interface.",
                ("device",), _NET_UNITS[what], "host", _host_interface(f"{_NET_ATTR[d]}_{what}"),

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Callable, Iterable
 
 from .catalog import DEPARTED_STATE_SECONDS
+from .hostinfo import HostCapacity
 from .procfs import (
     CLK_TCK,
     PAGE_SIZE,
@@ -126,6 +127,7 @@ class Sampler:
         self.clock = clock
         self.scanner = scanner or ProcessScanner(proc_root)
         self.cpu = CpuCounters()
+        self.capacity = HostCapacity(proc_root)
 
     def close(self) -> None:
         self.scanner.close()
@@ -165,6 +167,7 @@ class Sampler:
             contexts = [dataclasses.replace(c, traffic=traffic[c.key]) if c.key in traffic
                         else c for c in contexts]
         contexts.sort(key=_context_order)
+        host_cpus, host_memory = self.capacity.get()
         return Snapshot(
             timestamp=now,
             duration_seconds=time.monotonic() - t0,
@@ -172,6 +175,8 @@ class Sampler:
             contexts=tuple(contexts),
             host_interfaces=tuple(host_ifaces),
             host_uptime_seconds=host_uptime,
+            host_cpus=host_cpus,
+            host_memory_bytes=host_memory,
             errors=dict(errors),
             vanished=scan.vanished,
         )

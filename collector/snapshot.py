@@ -140,6 +140,9 @@ class Snapshot:
     # and is counted in `vanished` instead.
     errors: Mapping[str, int] = field(default_factory=_frozen_mapping)
     vanished: int = 0
+    # The host's capacity (online CPUs, MemTotal); None where the proc tree lacks it.
+    host_cpus: int | None = None
+    host_memory_bytes: int | None = None
 
     def context(self, label: str) -> ContextSample | None:
         for c in self.contexts:

@@ -28,6 +28,7 @@ writing resumes by itself. Files this sink did not make are never overwritten.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -45,6 +46,7 @@ from collector.catalog import INTERFACE_DS, FileKind
 from collector.snapshot import Snapshot
 
 from . import rrdlayout as layout
+from .files import write_atomic
 from .names import decode_name, encode_name
 from .rrdlayout import (  # noqa: F401  (re-exported for older callers)
     ARCHIVE_DIR,
@@ -381,6 +383,7 @@ class RrdSink:
         self._next_maintenance = float("-inf")
         self._root_seen = False
         self._global_faults: dict[str, str] = {}
+        self._capacity: tuple[int | None, int | None] | None = None  # last written
         self._duplicates_warned: set[str] = set()
         self._entered: dict[str, list[tuple[str, str]]] = defaultdict(list)
         self._cleared: dict[str, list[str]] = defaultdict(list)
@@ -435,10 +438,27 @@ class RrdSink:
         if now >= self._next_maintenance:
             self._next_maintenance = now + MAINTENANCE_INTERVAL
             self._maintain(snapshot, now)
+        self._keep_capacity(snapshot)
         if self.daemon:
             self._write_daemon(points, ts)
         else:
             self._write_direct(points, ts)
+
+    def _keep_capacity(self, snapshot: Snapshot) -> None:
+        """host/capacity.json, (re)written atomically when the host's CPUs or memory
+        change or the file is gone: `ctxmon plan` reads it from a copy of this dir."""
+        cap = (snapshot.host_cpus, snapshot.host_memory_bytes)
+        path = layout.capacity_path(self.directory)
+        if None in cap or (cap == self._capacity and os.path.exists(path)):
+            return
+        data = {"cpus": cap[0], "memory_bytes": cap[1], "hostname": socket.gethostname()}
+        try:
+            write_atomic(path, (json.dumps(data) + "\n").encode())
+        except OSError as e:
+            self._set_global("capacity", "unwritable", f"cannot write {path}: {e}")
+            return
+        self._capacity = cap
+        self._set_global("capacity", None)
 
     def _points(self, snapshot: Snapshot) -> list[tuple[str, FileKind, str]]:
         """(path, kind, "v1:v2...") of every file this snapshot updates."""

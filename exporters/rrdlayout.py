@@ -8,6 +8,7 @@ here; nobody else builds or parses a path of the layout. Under the sink's direct
                                   catalog (cpu, mem, tasks, ...)
     ctx/<context>/net-<if>.rrd    kind `net`: an interface of the context's own netns
     host/if-<dev>.rrd             kind `host-if`: a host interface
+    host/capacity.json            the host's CPUs and memory (`capacity_path`)
     archive/<context>-<YYYYmmddHHMMSS>/          departed contexts
     archive/host/if-<dev>-<YYYYmmddHHMMSS>.rrd   departed host interfaces
 
@@ -68,6 +69,12 @@ def interface_file_name(kind: str, interface: str) -> str:
 
 def host_dir(directory: str) -> str:
     return os.path.join(directory, HOST_DIR)
+
+
+def capacity_path(directory: str) -> str:
+    """host/capacity.json: the host's CPUs and memory, kept beside the RRD files so
+    that a copy of the directory tells `ctxmon plan` what the host can hold."""
+    return os.path.join(directory, HOST_DIR, "capacity.json")
 
 
 def rrd_path(directory: str, kind: str, context: str | None = None, interface: str | None = None) -> str:

@@ -20,9 +20,9 @@ import rrdtool
 
 from exporters.files import write_atomic
 from exporters.rrd import definition_args
-from exporters.rrdlayout import context_dir, context_file_name
+from exporters.rrdlayout import capacity_path, context_dir, context_file_name
 
-from .history import CAPACITY_FILE, CPU_SCALE
+from .history import CPU_SCALE
 from .model import GiB
 
 DAY = 86400
@@ -94,10 +94,11 @@ def _rra_args(points_at_step: int | None) -> list[str] | None:
 
 def write_context(directory: str, context: str, start: int, step: int,
                   cpu_cores: np.ndarray, memory_bytes: np.ndarray,
-                  rows: int | None = None) -> None:
+                  rows: int | None = None, cgroup_memory: np.ndarray | None = None) -> None:
     """cpu.rrd and mem.rrd of one context as the ctxmon RRD sink writes them, with
-    the given series from `start` (cores and bytes per step). `rows`: one archive of
-    that many rows at the step instead of ctxmon's layout."""
+    the given series from `start` (cores and bytes per step; `memory_bytes` is summed
+    RSS), and cgmem.rrd when `cgroup_memory` (the kernel's figure) is given. `rows`:
+    one archive of that many rows at the step instead of ctxmon's layout."""
     path = context_dir(directory, context)
     os.makedirs(path, exist_ok=True)
     unknown = np.concatenate([[False], np.isnan(cpu_cores)])  # NaN: written as U
@@ -109,7 +110,11 @@ def write_context(directory: str, context: str, start: int, step: int,
     cpu = [f"{t}:U:U" if u_ else f"{t}:{u}:{s}" for t, u, s, u_ in zip(times, user, system, unknown)]
     mem = [f"{t}:U:U" if u_ or np.isnan(m) else f"{t}:{int(m)}:{int(m * 1.6)}"
            for t, m, u_ in zip(times[1:], memory_bytes, unknown[1:])]
-    for kind, updates in (("cpu", cpu), ("mem", mem)):
+    files = [("cpu", cpu), ("mem", mem)]
+    if cgroup_memory is not None:  # usage, anon, file
+        files.append(("cgmem", [f"{t}:{int(m)}:{int(m * 0.7)}:{int(m) - int(m * 0.7)}"
+                                for t, m in zip(times[1:], cgroup_memory)]))
+    for kind, updates in files:
         f = os.path.join(path, context_file_name(kind))
         if os.path.exists(f):
             os.unlink(f)
@@ -123,7 +128,7 @@ def write_context(directory: str, context: str, start: int, step: int,
 
 def write_capacity(directory: str, cpus: float, memory_bytes: float, hostname: str) -> None:
     data = {"cpus": cpus, "memory_bytes": int(memory_bytes), "hostname": hostname}
-    write_atomic(os.path.join(directory, CAPACITY_FILE), (json.dumps(data) + "\n").encode())
+    write_atomic(capacity_path(directory), (json.dumps(data) + "\n").encode())
 
 
 def demo_series(end: int, days: int = 30, step: int = STEP, seed: int = 2009

@@ -22,14 +22,14 @@ import rrdtool
 
 from collector.catalog import FILE_KIND, FILE_KINDS
 from exporters.names import decode_name, loggable
-from exporters.rrdlayout import CTX_DIR, HOST_DIR, context_file_name
+from exporters.rrdlayout import CTX_DIR, capacity_path, context_file_name
 
 from . import PlanError
 from .model import Demand, Host, Problem, fill_gaps
 
 log = logging.getLogger("ctxmon.plan")
 
-CAPACITY_FILE = os.path.join(HOST_DIR, "capacity.json")
+CAPACITY_FILE = os.path.relpath(capacity_path("."), ".")  # host/capacity.json
 CPU_FILE = context_file_name("cpu")
 MEM_FILE = context_file_name("mem")
 CPU_SCALE = FILE_KIND["cpu"].store_scale  # stored: microseconds per second
@@ -54,7 +54,7 @@ class Series:
 
 def read_capacity(directory: str) -> dict | None:
     """{"cpus", "memory_bytes"[, "hostname"]} kept beside the RRD files, or None."""
-    path = os.path.join(directory, CAPACITY_FILE)
+    path = capacity_path(directory)
     try:
         with open(path, "rb") as f:
             data = json.loads(f.read(65536))

@@ -68,6 +68,7 @@ def synthetic_snapshot(t: float = T) -> Snapshot:
         t=t,
         host_interfaces=(iface("lo", 50, 50), iface("eth0", 10_000, 20_000, rx_errors=1, tx_drops=2)),
         errors={"cgroup": 2},
+        host_cpus=4, host_memory_bytes=8 << 30,
     )
 
 
@@ -124,6 +125,11 @@ def test_rrd_layout(tmp_path):
     for dirpath, _dirs, files in sorted(os.walk(tmp_path)):
         for f in sorted(files):
             path = os.path.join(dirpath, f)
+            if not f.endswith(".rrd"):  # host/capacity.json (its hostname is this machine's)
+                data = json.loads(open(path).read())
+                lines.append(f"{os.path.relpath(path, tmp_path)} cpus={data['cpus']} "
+                             f"memory_bytes={data['memory_bytes']} keys={sorted(data)}")
+                continue
             info = rrdtool.info(path)
             lines.append(os.path.relpath(path, tmp_path))
             lines.append(f"  step {info['step']}")

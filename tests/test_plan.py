@@ -325,3 +325,67 @@ def test_demo_history_needs_fewer_hosts_than_peak_sizing(tmp_path):
     assert sum(len(h["contexts"]) for h in doc["hosts"]) == 24 and doc["unplaced"] == []
     used = sum(1 for h in doc["hosts"] if h["contexts"])
     assert used == 2 and doc["peak_sizing"]["hosts_needed"] == 4
+
+
+def test_memory_is_the_cgroup_figure_where_stored(tmp_path):
+    # Summed RSS of a fork-heavy context counts shared pages once per process: 40 GiB
+    # would fit nowhere, the kernel's 2 GiB does.
+    d = str(tmp_path / "a")
+    write_capacity(d, 8, 32 * GiB, "a")
+    write_context(d, "forky", START, STEP, np.full(POINTS, 1.0), np.full(POINTS, 40.0 * GiB),
+                  rows=POINTS + 10, cgroup_memory=np.full(POINTS, 2.0 * GiB))
+    write_context(d, "guest", START, STEP, np.full(POINTS, 1.0), np.full(POINTS, 3.0 * GiB),
+                  rows=POINTS + 10)
+    r = run_plan("--history", f"a={d}", "--json")
+    doc = json.loads(r.stdout)
+    assert doc["unplaced"] == []
+    assert doc["hosts"][0]["memory_peak_bytes"] == 5 * GiB
+    assert "memory: the kernel's cgroup figure for 1, summed RSS for 1" in run_plan(
+        "--history", f"a={d}").stdout
+
+
+# ------------------------------------------------------------ host capacity
+
+
+def test_host_capacity_parsers():
+    from collector.hostinfo import parse_cpu_count, parse_mem_total
+    from collector.procfs import ParseError
+
+    assert parse_cpu_count("cpu  1 2 3\ncpu0 1 2 3\ncpu1 1 2\ncpu7 1\nintr 5\n") == 3
+    assert parse_mem_total("MemTotal:       16318664 kB\nMemFree: 1 kB\n") == 16318664 * 1024
+    for bad in ("cpu  1 2 3\nintr 5\n", ""):
+        with pytest.raises(ParseError):
+            parse_cpu_count(bad)
+    for bad in ("MemFree: 1 kB\n", "MemTotal: -5 kB\n", "MemTotal: 5 MB\n", "MemTotal: x kB\n"):
+        with pytest.raises(ParseError):
+            parse_mem_total(bad)
+
+
+def test_the_sink_keeps_the_capacity_that_plan_reads(tmp_path):
+    """The RRD sink writes host/capacity.json from the snapshot; `ctxmon plan -c FILE`
+    plans this host's [rrd] dir with it (no --host needed)."""
+    from factories import context, snapshot
+
+    from exporters.rrd import RrdSink
+
+    rrd_dir = tmp_path / "rrd"
+    sink = RrdSink(str(rrd_dir), STEP)
+    for n in range(3):
+        sink.write(snapshot(context("web", user=3600.0 * n), t=END - (2 - n) * STEP,
+                            host_cpus=6, host_memory_bytes=12 << 30))
+    assert sink.error_count == 0
+    data = json.loads((rrd_dir / "host" / "capacity.json").read_text())
+    assert (data["cpus"], data["memory_bytes"]) == (6, 12 << 30)
+    # no capacity in a snapshot (a proc tree without meminfo): the file stays as it was
+    sink.write(snapshot(context("web", user=3600.0 * 3), t=END + STEP))
+    assert json.loads((rrd_dir / "host" / "capacity.json").read_text())["cpus"] == 6
+    config = tmp_path / "ctxmon.toml"
+    config.write_text(f'[rrd]\ndir = "{rrd_dir}"\nstep = {STEP}\n')
+    r = subprocess.run([sys.executable, "-m", "ctxmon.cli", "plan", "-c", str(config), "--end",
+                        str(END), "--days", "0.125", "--min-days", "0", "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert [(h["cpus"], h["memory_bytes"], h["contexts"]) for h in doc["hosts"]] == [
+        (6, 12 << 30, ["web"])]
+    assert doc["hosts"][0]["cpu_peak_cores"] == pytest.approx(1.0)
