@@ -118,6 +118,9 @@ def glob_to_regex(glob: str) -> str:
     return "".join(out)
 
 
+MAX_TEMPLATE_WIDTH = 255  # characters a name template's field may pad or cut to
+
+
 def _check_template(template: str, groups: int) -> None:
     """Raise ValueError unless `template` formats with `groups` captures."""
     try:
@@ -148,6 +151,11 @@ def _check_template(template: str, groups: int) -> None:
             )
         if spec and "{" in spec:
             raise ValueError(f"bad name template {template!r}: nested fields")
+        # Width and precision are bounded: "{1:>50000000}" would make 50 MB names.
+        widths = re.findall(r"\d+", spec or "")
+        if any(len(n) > 3 or int(n) > MAX_TEMPLATE_WIDTH for n in widths):
+            raise ValueError(f"bad name template {template!r}: width or precision above "
+                             f"{MAX_TEMPLATE_WIDTH}")
     try:
         template.format("x", *["x"] * groups, path="x", basename="x")
     except (ValueError, IndexError, KeyError) as e:

@@ -53,6 +53,28 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_INTERVAL = 60.0
 DEFAULT_LISTEN = "127.0.0.1:9717"
 
+# Sane ranges: whatever check-config accepts must start and reload (timers,
+# datetimes and buffers all have limits of their own far below what TOML can say).
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+LIMITS = {  # (low, high) seconds
+    "interval": (1.0, DAY),  # [collector] interval, [rrd] step, [graphs] interval
+    "retention": (1.0, 36500 * DAY),
+    "timeout": (1.0, HOUR),  # command_timeout, alertmanager_timeout
+    "rate_window": (2.0, DAY),
+    "for": (0.0, 365 * DAY),
+}
+MAX_RATE_POLLS = 1000  # samples one rate window may keep per series
+MAX_CONTEXTS_CAP = 1_000_000
+MAX_KERNEL_HZ = 100_000
+MAX_LEVEL = 2.0**70  # beyond any byte, bit/s or count a host has
+MAX_PERCENT = 100_000.0
+MAX_CONFIG_BYTES = 1 << 20  # a config file larger than this is not a config file
+MAX_NESTING = 32  # arrays and inline tables within one value
+MAX_RULES = 1000  # [[collector.rule]] and [[alerts.rule]] entries, each
+MAX_NAME = 200  # characters of an alert name, a glob, a user
+MAX_TEXT = 4096  # characters of a summary, a command argument, a URL
+BCRYPT_COSTS = (4, 17)  # cost 18 already takes seconds per login
+
 
 class ConfigError(Exception):
     """A configuration problem; `str()` is one line: `FILE:LINE: KEY: message`."""
@@ -380,6 +402,8 @@ def parse_duration(value: Any) -> float:
         seconds = value
     else:
         text = value.strip()
+        if len(text) > 40:
+            raise ValueError(f"duration too long: {_show(value)}")
         if text.isascii() and text.isdigit():
             seconds = int(text)
         elif _DURATION_FULL.fullmatch(text):
@@ -398,6 +422,15 @@ def parse_duration(value: Any) -> float:
     if not math.isfinite(result):
         raise ValueError(f"duration too large: {_show(value)}")
     return result
+
+
+def format_duration(seconds: float) -> str:
+    """86400 → "1d", 90 → "90s": the largest unit that divides evenly."""
+    for unit in ("w", "d", "h", "m", "s"):
+        size = _DURATION_UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 _HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -542,6 +575,7 @@ class _LineIndex:
     def __init__(self, text: str):
         self.lines: dict[tuple, int] = {}
         self._array_counts: dict[tuple, int] = {}
+        self.too_deep: int | None = None  # the first line nesting past MAX_NESTING
         self._scan(text)
 
     def _record(self, loc: tuple, lineno: int) -> None:
@@ -578,7 +612,9 @@ class _LineIndex:
                         for i in range(1, len(keys) + 1):
                             self._record(section + keys[:i], lineno)
                         pos = end + 1
-            depth, in_string = self._scan_value(line, pos, depth, in_string)
+            depth, in_string, peak = self._scan_value(line, pos, depth, in_string)
+            if peak > MAX_NESTING and self.too_deep is None:
+                self.too_deep = lineno
 
     def _resolve(self, path: tuple[str, ...]) -> tuple:
         """`[a.b]` after `[[a]]` is a table in a's latest array element."""
@@ -593,11 +629,12 @@ class _LineIndex:
     def _scan_value(line: str, pos: int, depth: int, in_string: str | None):
         """Carry bracket depth and multi-line string state past one line."""
         n = len(line)
+        peak = depth
         while pos < n:
             if in_string is not None:
                 m = (_BASIC_ML_END if in_string == '"""' else _LITERAL_ML_END).match(line, pos)
                 if not m:
-                    return depth, in_string
+                    return depth, in_string, peak
                 pos = m.end()
                 in_string = None
                 continue
@@ -618,10 +655,11 @@ class _LineIndex:
                 continue
             if ch in "[{":
                 depth += 1
+                peak = max(peak, depth)
             elif ch in "]}":
                 depth = max(0, depth - 1)
             pos += 1
-        return depth, in_string
+        return depth, in_string, peak
 
     def line_of(self, loc: tuple) -> int | None:
         for n in range(len(loc), 0, -1):
@@ -651,10 +689,10 @@ def _describe(loc: tuple) -> str:
 
 
 class _Loader:
-    def __init__(self, path: str, text: str):
+    def __init__(self, path: str, text: str, index: "_LineIndex | None" = None):
         self.path = path
         self.base_dir = os.path.dirname(os.path.abspath(path))
-        self.index = _LineIndex(text)
+        self.index = index if index is not None else _LineIndex(text)
 
     def error(self, loc: tuple, message: str, describe: str | None = None) -> ConfigError:
         return ConfigError(message, self.path, self.index.line_of(loc),
@@ -718,6 +756,29 @@ class _Loader:
             raise ValueError(f"must be at least 1s, got {_show(value)}")
         return seconds
 
+    @staticmethod
+    def duration(kind: str) -> Callable[[Any], float]:
+        """A duration within LIMITS[kind]."""
+        low, high = LIMITS[kind]
+
+        def convert(value: Any) -> float:
+            seconds = parse_duration(value)
+            if seconds < low:
+                raise ValueError(f"must be at least {format_duration(low)}, got {_show(value)}")
+            if seconds > high:
+                raise ValueError(f"must be at most {format_duration(high)}, got {_show(value)}")
+            return seconds
+        return convert
+
+    @staticmethod
+    def integer_in(low: int, high: int, what: str = "") -> Callable[[Any], int]:
+        def convert(value: Any) -> int:
+            value = _Loader.integer(value)
+            if not low <= value <= high:
+                raise ValueError(f"must be {low}..{high}{what}, got {value}")
+            return value
+        return convert
+
     def path_value(self, value: Any) -> str:
         value = self.string(value)
         if not value:
@@ -767,7 +828,7 @@ class _Loader:
         cgroup_root = (self.get(raw, loc, "cgroup_root", self.optional_path, "")
                        or os.path.join(root, "sys", "fs", "cgroup"))
         return CollectorConfig(
-            interval=self.get(raw, loc, "interval", self.duration_at_least_1s, d.interval),
+            interval=self.get(raw, loc, "interval", self.duration("interval"), d.interval),
             source=self.get(raw, loc, "source", self.choice(*SOURCES), d.source),
             proc_root=proc_root,
             vservers_dir=vservers_dir,
@@ -781,6 +842,8 @@ class _Loader:
     def rules(self, raw: Any, loc: tuple) -> tuple[Rule, ...]:
         if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
             raise self.error(loc, 'must be an array of tables ("[[collector.rule]]")')
+        if len(raw) > MAX_RULES:
+            raise self.error(loc, f"at most {MAX_RULES} rules, got {len(raw)}")
         compile_rules = _optional_function("collector.cgroup", "compile_rules")
         out = []
         for i, item in enumerate(raw):
@@ -820,7 +883,7 @@ class _Loader:
         d = RrdConfig()
         directory = self.get(raw, loc, "dir", self.path_value, self.path_value(d.dir))
         if "step" in raw:
-            step = self.get(raw, loc, "step", self.duration_at_least_1s, None)
+            step = self.get(raw, loc, "step", self.duration("interval"), None)
             step_loc = loc + ("step",)
         else:
             step = collector.interval
@@ -835,7 +898,7 @@ class _Loader:
             dir=directory,
             step=step,
             daemon=self.get(raw, loc, "daemon", _rrdcached_address, d.daemon),
-            retention=self.get(raw, loc, "retention", self.duration_at_least_1s, d.retention),
+            retention=self.get(raw, loc, "retention", self.duration("retention"), d.retention),
         )
         if check_rrd_files and os.path.isdir(directory):
             check_step = _optional_function("exporters.rrd", "check_step")
@@ -869,11 +932,21 @@ class _Loader:
             if not isinstance(hashed, str) or not _BCRYPT_HASH.fullmatch(hashed):
                 raise self.error(loc + ("basic_auth", user),
                                  "must be a bcrypt hash ($2b$..., see `htpasswd -nBC 10`)")
+            cost = int(hashed.split("$")[2])
+            if not BCRYPT_COSTS[0] <= cost <= BCRYPT_COSTS[1]:
+                raise self.error(loc + ("basic_auth", user),
+                                 f"bcrypt cost must be {BCRYPT_COSTS[0]}..{BCRYPT_COSTS[1]} "
+                                 f"(each login costs 2^cost rounds), got {cost}")
+            if len(user) > MAX_NAME:
+                raise self.error(loc + ("basic_auth",), f"user name longer than {MAX_NAME}")
             if ":" in user or not user:
                 raise self.error(loc + ("basic_auth", user), "a user name cannot be empty or hold ':'")
         max_contexts = self.get(raw, loc, "max_contexts", self.integer, d.max_contexts)
         if max_contexts < 0:
             raise self.error(loc + ("max_contexts",), f"must be 0 (no cap) or more, got {max_contexts}")
+        if max_contexts > MAX_CONTEXTS_CAP:
+            raise self.error(loc + ("max_contexts",),
+                             f"must be at most {MAX_CONTEXTS_CAP}, got {max_contexts}")
         return ExporterConfig(
             listen=self.get(raw, loc, "listen", _listen, d.listen),
             enabled=self.get(raw, loc, "enabled", self.boolean, d.enabled),
@@ -889,7 +962,7 @@ class _Loader:
         d = GraphsConfig()
         return GraphsConfig(
             dir=self.get(raw, loc, "dir", self.path_value, self.path_value(d.dir)),
-            interval=self.get(raw, loc, "interval", self.duration_at_least_1s, d.interval),
+            interval=self.get(raw, loc, "interval", self.duration("interval"), d.interval),
             enabled=self.get(raw, loc, "enabled", self.boolean, d.enabled),
         )
 
@@ -920,22 +993,28 @@ class _Loader:
         # A rate needs two polls inside its window.
         shortest = 2 * collector.interval
         if "rate_window" in raw:
-            rate_window = self.get(raw, loc, "rate_window", self.duration_at_least_1s, None)
+            rate_window = self.get(raw, loc, "rate_window", self.duration("rate_window"), None)
             if rate_window < shortest:
                 raise self.error(
                     loc + ("rate_window",),
                     f"must span at least two polls ({shortest:g}s with [collector] interval "
                     f"{collector.interval:g}s), got {_show(raw['rate_window'])}")
+            if rate_window > MAX_RATE_POLLS * collector.interval:
+                raise self.error(
+                    loc + ("rate_window",),
+                    f"must span at most {MAX_RATE_POLLS} polls "
+                    f"({format_duration(MAX_RATE_POLLS * collector.interval)} with [collector] "
+                    f"interval {collector.interval:g}s), got {_show(raw['rate_window'])}")
         else:
             rate_window = max(d.rate_window, shortest)
         return AlertsConfig(
             command=self.get(raw, loc, "command", _command, d.command),
-            command_timeout=self.get(raw, loc, "command_timeout", self.duration_at_least_1s,
+            command_timeout=self.get(raw, loc, "command_timeout", self.duration("timeout"),
                                      d.command_timeout),
             alertmanager_url=self.get(raw, loc, "alertmanager_url", _alertmanager_url,
                                       d.alertmanager_url),
             alertmanager_timeout=self.get(raw, loc, "alertmanager_timeout",
-                                          self.duration_at_least_1s, d.alertmanager_timeout),
+                                          self.duration("timeout"), d.alertmanager_timeout),
             rate_window=rate_window,
             rules=self.alert_rules(raw["rule"], loc + ("rule",)) if "rule" in raw else (),
         )
@@ -943,6 +1022,8 @@ class _Loader:
     def alert_rules(self, raw: Any, loc: tuple) -> tuple[AlertRule, ...]:
         if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
             raise self.error(loc, 'must be an array of tables ("[[alerts.rule]]")')
+        if len(raw) > MAX_RULES:
+            raise self.error(loc, f"at most {MAX_RULES} rules, got {len(raw)}")
         out: list[AlertRule] = []
         seen: dict[str, int] = {}
         for i, item in enumerate(raw):
@@ -987,7 +1068,7 @@ class _Loader:
         if "metric" not in item:
             raise fail((), "needs a metric: one of " + ", ".join(ALERT_METRICS))
         metric = get("metric", self.choice(*ALERT_METRICS), None)
-        for_ = get("for", parse_duration, 0.0)
+        for_ = get("for", self.duration("for"), 0.0)
         summary = get("summary", _summary_template, "")
         if metric == "absent":
             for key in ("warning", "critical", "clear", "exclude"):
@@ -1050,7 +1131,7 @@ class _Loader:
             o_for = for_
             if "for" in table:
                 try:
-                    o_for = parse_duration(table["for"])
+                    o_for = self.duration("for")(table["for"])
                 except ValueError as e:
                     raise fail(oloc + ("for",), str(e)) from None
             problem = _level_problem(values["warning"], values["critical"], values["clear"],
@@ -1091,8 +1172,10 @@ def _cgroup_hierarchy(value: Any) -> str:
 def _kernel_hz(value: Any) -> int | None:
     if value == "auto" and isinstance(value, str):
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f'must be "auto" or a positive integer (CONFIG_HZ), got {_show(value)}')
+    if (isinstance(value, bool) or not isinstance(value, int) or value <= 0
+            or value > MAX_KERNEL_HZ):
+        raise ValueError(f'must be "auto" or a positive integer up to {MAX_KERNEL_HZ} '
+                         f"(CONFIG_HZ), got {_show(value)}")
     return value
 
 
@@ -1126,8 +1209,8 @@ def _level(value: Any, metric: str) -> Level:
                          f"got {_show(value)}")
     if isinstance(value, (int, float)):
         number = float(value)
-        if not math.isfinite(number) or number < 0:
-            raise ValueError(f"must be a finite number, at least 0, got {_show(value)}")
+        if not math.isfinite(number) or number < 0 or number > MAX_LEVEL:
+            raise ValueError(f"must be a number 0..{MAX_LEVEL:.3g}, got {_show(value)}")
         return Level(number)
     text = value.strip()
     if text.endswith("%"):
@@ -1135,8 +1218,9 @@ def _level(value: Any, metric: str) -> Level:
             percent = float(text[:-1])
         except ValueError:
             percent = math.nan
-        if not math.isfinite(percent) or percent < 0:
-            raise ValueError(f'expected a percentage like "90%", got {_show(value)}')
+        if not math.isfinite(percent) or percent < 0 or percent > MAX_PERCENT:
+            raise ValueError(f'expected a percentage like "90%" (at most {MAX_PERCENT:g}%), '
+                             f"got {_show(value)}")
         if unit == "ratio":
             return Level(percent / 100)  # cpu "90%" = 0.9 of a CPU (or of the host)
         if not limits:
@@ -1151,7 +1235,10 @@ def _level(value: Any, metric: str) -> Level:
     word = m.group(3)
     if word is not None and _UNIT_WORDS[word] != unit:
         raise ValueError(f"{metric} is not measured in {word}, got {_show(value)}")
-    return Level(float(m.group(1)) * _SI[m.group(2) or ""])
+    number = float(m.group(1)) * _SI[m.group(2) or ""]
+    if number > MAX_LEVEL:
+        raise ValueError(f"must be at most {MAX_LEVEL:.3g}, got {_show(value)}")
+    return Level(number)
 
 
 def _level_problem(warning: Level | None, critical: Level | None, clear: Level | None,
@@ -1177,6 +1264,8 @@ def _level_problem(warning: Level | None, critical: Level | None, clear: Level |
 
 def _alert_name(value: Any) -> str:
     value = _Loader.string(value)
+    if len(value) > MAX_NAME:
+        raise ValueError(f"must be at most {MAX_NAME} characters, got {len(value)}")
     if not _ALERT_NAME.fullmatch(value):
         raise ValueError("must be letters, digits and underscores, not starting with a "
                          f'digit (like "ContextCpuHigh"), got {_show(value)}')
@@ -1190,6 +1279,8 @@ def _string_list(value: Any, what: str) -> tuple[str, ...]:
         raise ValueError(f"must be an array of {what}, got {_show(value)}")
     if any(not v for v in value):
         raise ValueError("must not contain an empty string")
+    if len(value) > MAX_RULES or any(len(v) > MAX_NAME for v in value):
+        raise ValueError(f"at most {MAX_RULES} entries of at most {MAX_NAME} characters each")
     return tuple(value)
 
 
@@ -1212,6 +1303,8 @@ def _summary_template(value: Any) -> str:
     import string
 
     value = _Loader.string(value)
+    if len(value) > MAX_TEXT:
+        raise ValueError(f"must be at most {MAX_TEXT} characters, got {len(value)}")
     try:
         parts = list(string.Formatter().parse(value))
     except ValueError as e:
@@ -1234,12 +1327,16 @@ def _command(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         if "\0" in value:
             raise ValueError("must not contain a NUL character")
+        if len(value) > MAX_TEXT:
+            raise ValueError(f"must be at most {MAX_TEXT} characters, got {len(value)}")
         return ("/bin/sh", "-c", value) if value.strip() else ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f'must be a string (run by /bin/sh) or an array like '
                          f'["/usr/local/bin/notify", "--to", "ops"], got {_show(value)}')
     if value and not value[0]:
         raise ValueError("the program (first element) must not be empty")
+    if len(value) > 256 or any(len(v) > MAX_TEXT for v in value):
+        raise ValueError(f"at most 256 arguments of at most {MAX_TEXT} characters each")
     if any("\0" in v for v in value):
         raise ValueError("must not contain a NUL character")
     return tuple(value)
@@ -1251,6 +1348,8 @@ def _alertmanager_url(value: Any) -> str:
     value = _Loader.string(value).strip()
     if not value:
         return ""
+    if len(value) > MAX_TEXT:
+        raise ValueError(f"must be at most {MAX_TEXT} characters, got {len(value)}")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f'must be an http:// or https:// URL like "http://127.0.0.1:9093", '
@@ -1302,9 +1401,11 @@ def load_config(path: str | os.PathLike[str], *, check_rrd_files: bool = True) -
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"cannot read: {e.strerror or e}", path) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"larger than {MAX_CONFIG_BYTES >> 10} KiB: not a config file", path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -1313,8 +1414,13 @@ def load_config(path: str | os.PathLike[str], *, check_rrd_files: bool = True) -
         raise ConfigError(
             f"not valid UTF-8 (byte 0x{data[e.start]:02x} at column {column})", path, line
         ) from None
+    index = _LineIndex(text)
+    if index.too_deep is not None:
+        raise ConfigError(f"values nested more than {MAX_NESTING} deep", path, index.too_deep)
     try:
         parsed = tomllib.loads(text)
+    except RecursionError:  # nesting the scan above cannot see (e.g. dotted keys)
+        raise ConfigError("nested too deeply", path) from None
     except tomllib.TOMLDecodeError as e:
         message = str(e)
         m = _TOML_POSITION.search(message)
@@ -1328,4 +1434,7 @@ def load_config(path: str | os.PathLike[str], *, check_rrd_files: bool = True) -
                 line = max(1, len(text.splitlines()))
                 message += " (at end of file)"
         raise ConfigError(f"syntax error: {message}", path, line) from None
-    return _Loader(path, text).load(parsed, check_rrd_files)
+    try:
+        return _Loader(path, text, index).load(parsed, check_rrd_files)
+    except RecursionError:
+        raise ConfigError("nested too deeply", path) from None
