@@ -87,7 +87,8 @@ def build_metrics_server(cfg: Config, daemon: "Daemon"):
     from exporters.alerts import AlertCollector
 
     registry = build_registry(collector)
-    registry.register(AlertCollector(lambda: daemon.alerts))  # ctxmon_alert_firing ...
+    # ctxmon_alert_firing ...; ctxmon_host_cpus comes from the snapshot (catalog)
+    registry.register(AlertCollector(lambda: daemon.alerts, host_cpus=False))
     return MetricsServer(
         e.listen, registry, tls_cert=e.tls_cert or None,
         tls_key=e.tls_key or None, basic_auth=dict(e.basic_auth) or None,

@@ -976,9 +976,13 @@ class AlertCollector(Collector):
     """The alert series for a Prometheus registry: firing alerts, the host's CPUs and
     notification failures. `registry.register(AlertCollector(engine))`."""
 
-    def __init__(self, get_engine: Callable[[], AlertEngine | None] | AlertEngine):
+    def __init__(self, get_engine: Callable[[], AlertEngine | None] | AlertEngine,
+                 host_cpus: bool = True):
         self.get_engine = get_engine if callable(get_engine) and not isinstance(
             get_engine, AlertEngine) else (lambda: get_engine)
+        # False beside a SnapshotCollector, which exports ctxmon_host_cpus itself
+        # (catalog): one family must not appear twice in a scrape.
+        self.host_cpus = host_cpus
 
     def describe(self) -> list[Metric]:
         return []  # the names are fixed and unique; no need to collect at registration
@@ -986,7 +990,8 @@ class AlertCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         engine = self.get_engine()
         yield alert_metric_family(engine)
-        yield host_cpus_family(engine.cpus if engine is not None else os.cpu_count() or 1)
+        if self.host_cpus:
+            yield host_cpus_family(engine.cpus if engine is not None else os.cpu_count() or 1)
         fam = CounterMetricFamily("ctxmon_alert_notification_failures",
                                   "Alert notifications that failed, per notifier.",
                                   labels=("notifier",))

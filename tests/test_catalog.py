@@ -146,3 +146,28 @@ def test_stat_json_fields_are_the_catalogs():
     got = snapshot_json(snapshot(context("a"), context("b")))
     assert [list(o) for o in got] == [[k for k, _ in catalog.CONTEXT_JSON]] * 2
     assert [o["context"] for o in got] == ["a", "b"]
+
+
+def test_the_daemons_scrape_has_each_family_once():
+    """The daemon's registry joins the snapshot's families (the catalog's) and the
+    alert collector's: a family in both would be two TYPE lines, which Prometheus
+    refuses (ctxmon_host_cpus was)."""
+    import dataclasses
+    import types
+
+    from test_golden import synthetic_snapshot
+
+    from ctxmon.config import default_config
+    from ctxmon.daemon import build_metrics_server
+    from exporters.prometheus import SelfMetrics
+
+    cfg = default_config()
+    cfg = dataclasses.replace(cfg, exporter=dataclasses.replace(cfg.exporter,
+                                                                listen="127.0.0.1:0"))
+    snap = synthetic_snapshot()
+    daemon = types.SimpleNamespace(latest=snap, self_metrics=SelfMetrics, alerts=None)
+    server = build_metrics_server(cfg, daemon)
+    text = b"".join(server.registry.exposition()).decode()
+    types_ = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(types_) == len(set(types_)), sorted(t for t in types_ if types_.count(t) > 1)
+    assert "ctxmon_alert_firing" in types_ and "ctxmon_host_cpus" in types_
