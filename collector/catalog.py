@@ -256,6 +256,18 @@ def _figures(*pairs: tuple[str, str]) -> Callable[[ContextSample], Samples]:
     return samples
 
 
+def _traffic(attr: str) -> Callable[[ContextSample], Samples]:
+    """`ctxmon_context_traffic_*`: one sample labelled by how it was measured."""
+    def samples(c: ContextSample) -> Samples:
+        t = c.traffic
+        return () if t is None else (((t.method,), getattr(t, attr)),)
+    return samples
+
+
+def _traffic_value(attr: str) -> Callable[[ContextSample], int | None]:
+    return lambda c: None if c.traffic is None else getattr(c.traffic, attr)
+
+
 def _memory_charged(c: ContextSample) -> int | None:
     """What the kernel charges to the context's cgroup (v2 memory.current, v1
     memory.usage_in_bytes): the source's `memory` limit row. None where there is no
@@ -353,6 +365,33 @@ FAMILIES: tuple[Family, ...] = (
            "Packets sent on an interface of the context's own network namespace.",
            ("context", "interface"), "packets", "context", _per_interface("tx_packets"),
            summed=True, readme_group="ctxmon_context_network_{receive,transmit}_{bytes,packets}_total"),
+    Family("ctxmon_context_traffic_receive_bytes", "counter",
+           "IP bytes received by the context, on every interface of the host's network namespace "
+           "(method cgroup: by socket cgroup; address: by the guest's addresses) or on "
+           "its own namespace's interfaces but lo (method netns); [traffic] accounting.",
+           ("context", "method"), "bytes", "context", _traffic("rx_bytes"), summed=True,
+           readme_group="ctxmon_context_traffic_{receive,transmit}_{bytes,packets}_total",
+           readme_labels="context, method=`cgroup`\\|`address`\\|`netns`",
+           readme="traffic per context, also where it shares the host's network (only "
+                  "with `[traffic] accounting = \"nftables\"`; see Traffic accounting)"),
+    Family("ctxmon_context_traffic_transmit_bytes", "counter",
+           "IP bytes sent by the context, on every interface of the host's network namespace "
+           "(method cgroup: by socket cgroup; address: by the guest's addresses) or on "
+           "its own namespace's interfaces but lo (method netns); [traffic] accounting.",
+           ("context", "method"), "bytes", "context", _traffic("tx_bytes"), summed=True,
+           readme_group="ctxmon_context_traffic_{receive,transmit}_{bytes,packets}_total"),
+    Family("ctxmon_context_traffic_receive_packets", "counter",
+           "Packets received by the context, on every interface of the host's network namespace "
+           "(method cgroup: by socket cgroup; address: by the guest's addresses) or on "
+           "its own namespace's interfaces but lo (method netns); [traffic] accounting.",
+           ("context", "method"), "packets", "context", _traffic("rx_packets"), summed=True,
+           readme_group="ctxmon_context_traffic_{receive,transmit}_{bytes,packets}_total"),
+    Family("ctxmon_context_traffic_transmit_packets", "counter",
+           "Packets sent by the context, on every interface of the host's network namespace "
+           "(method cgroup: by socket cgroup; address: by the guest's addresses) or on "
+           "its own namespace's interfaces but lo (method netns); [traffic] accounting.",
+           ("context", "method"), "packets", "context", _traffic("tx_packets"), summed=True,
+           readme_group="ctxmon_context_traffic_{receive,transmit}_{bytes,packets}_total"),
     Family("ctxmon_context_socket_receive_bytes", "counter",
            "Payload bytes received through sockets of an address family (VServer cacct).",
            ("context", "family"), "bytes", "context", _per_family("recv_bytes"), summed=True,
@@ -476,6 +515,18 @@ FILE_KINDS: tuple[FileKind, ...] = (
         graph=Graph("cgroup memory", "bytes", 1024, shown=("anon", "file", "usage"),
                     stacked=True, host_ds=("usage",), host_vertical_label="bytes",
                     host_base=1024, replaces_on_host="mem")),
+    # [traffic] accounting: one figure per context, however it was measured.
+    FileKind("traffic", "context", "DERIVE", (
+        DataSource("rx_bytes", _traffic_value("rx_bytes"), "In", "in", "area"),
+        DataSource("tx_bytes", _traffic_value("tx_bytes"), "Out", "out", "line"),
+        DataSource("rx_packets", _traffic_value("rx_packets"), "rx_packets", "", "line"),
+        DataSource("tx_packets", _traffic_value("tx_packets"), "tx_packets", "", "line"),
+    ), "per second", present=lambda c: c.traffic is not None,
+        readme="rx/tx bytes, packets   DERIVE  ([traffic] accounting on)",
+        graph=Graph("traffic", "bits per second", 1000, factor=8.0,
+                    shown=("rx_bytes", "tx_bytes"), host_title="Traffic by context",
+                    host_ds=("rx_bytes", "tx_bytes"), host_vertical_label="bits per second",
+                    host_base=1000)),
     FileKind("net", "context-interface", "DERIVE", _interface_sources(), "per second",
              graph=_TRAFFIC, readme="rx/tx bytes, packets, errors, drops   DERIVE"),
     FileKind("host-if", "host-interface", "DERIVE", _interface_sources(), "per second",
@@ -544,6 +595,20 @@ ALERT_METRICS: tuple[AlertMetric, ...] = (
                 counter=CounterSource("tx", _interfaces("tx_bytes"), 8.0),
                 family="ctxmon_context_network_transmit_bytes", summed_label="interface",
                 drawn_on="net", drawn_as="Out"),
+    AlertMetric("traffic_receive_bps", "bits_per_second",
+                "{context}: receiving {value} (threshold {threshold})",
+                "bits per second the context received ([traffic] accounting)",
+                counter=CounterSource("traffic_rx", lambda c: {} if c.traffic is None else
+                                      {c.traffic.method: float(c.traffic.rx_bytes)}, 8.0),
+                family="ctxmon_context_traffic_receive_bytes", summed_label="method",
+                drawn_on="traffic", drawn_as="In"),
+    AlertMetric("traffic_transmit_bps", "bits_per_second",
+                "{context}: sending {value} (threshold {threshold})",
+                "bits per second the context sent ([traffic] accounting)",
+                counter=CounterSource("traffic_tx", lambda c: {} if c.traffic is None else
+                                      {c.traffic.method: float(c.traffic.tx_bytes)}, 8.0),
+                family="ctxmon_context_traffic_transmit_bytes", summed_label="method",
+                drawn_on="traffic", drawn_as="Out"),
     AlertMetric("absent", "", "{context} is not running",
                 "a context named in `contexts` is not running"),
 )

@@ -535,8 +535,10 @@ class TrafficAccounting:
             self._once("nft", "traffic: nft not found (Debian package nftables): only "
                        "contexts with their own network namespace are counted")
         except NftError as e:
-            hint = " (needs root or CAP_NET_ADMIN)" if "ermission" in str(e) or \
-                "not permitted" in str(e) else ""
+            hint = ""
+            if "ermission" in str(e) or "not permitted" in str(e):
+                hint = (" (needs CAP_NET_ADMIN, which [daemon] user gives up)"
+                        if os.geteuid() != 0 else " (needs CAP_NET_ADMIN)")
             self._once("nft", "traffic: cannot create table %s %s%s: %s; only contexts "
                        "with their own network namespace are counted", FAMILY, TABLE, hint, e)
             self.table.close()

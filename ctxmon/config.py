@@ -37,6 +37,7 @@ __all__ = [
     "GraphsConfig",
     "LogConfig",
     "RrdConfig",
+    "TrafficConfig",
     "Rule",
     "config_from_json",
     "config_to_json",
@@ -194,6 +195,8 @@ ALERT_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "limit_hits": ("per_second", ()),  # refusals by any limit, per second
     "net_receive_bps": ("bits_per_second", ()),  # over the context's own interfaces
     "net_transmit_bps": ("bits_per_second", ()),
+    "traffic_receive_bps": ("bits_per_second", ()),  # [traffic] accounting's figure
+    "traffic_transmit_bps": ("bits_per_second", ()),
     "absent": ("", ()),  # a context listed by name is not running
 }
 SEVERITIES = ("warning", "critical")
@@ -292,6 +295,13 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TrafficConfig:
+    # "nftables": count each context's traffic in the nftables table `inet ctxmon`
+    # (collector.traffic); "off": never touch the firewall.
+    accounting: str = "off"
+
+
+@dataclass(frozen=True, slots=True)
 class DaemonConfig:
     user: str = ""  # drop root for this user once the port is bound; "" = stay
 
@@ -305,6 +315,7 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    traffic: TrafficConfig = field(default_factory=TrafficConfig)
     source_path: str | None = field(default=None, metadata={"toml": None})
 
 
@@ -811,8 +822,9 @@ class _Loader:
         alerts = self.alerts(data.get("alerts", {}), collector)
         log = self.log(data.get("log", {}))
         daemon = self.daemon(data.get("daemon", {}))
+        traffic = self.traffic(data.get("traffic", {}))
         return Config(collector=collector, rrd=rrd, exporter=exporter, graphs=graphs,
-                      alerts=alerts, log=log, daemon=daemon,
+                      alerts=alerts, log=log, daemon=daemon, traffic=traffic,
                       source_path=os.path.abspath(self.path))
 
     def collector(self, raw: Any) -> CollectorConfig:
@@ -970,6 +982,12 @@ class _Loader:
         loc = ("log",)
         raw = self.table(raw, loc, LogConfig)
         return LogConfig(level=self.get(raw, loc, "level", self.choice(*LOG_LEVELS), "info"))
+
+    def traffic(self, raw: Any) -> TrafficConfig:
+        loc = ("traffic",)
+        raw = self.table(raw, loc, TrafficConfig)
+        return TrafficConfig(accounting=self.get(raw, loc, "accounting",
+                                                 self.choice("off", "nftables"), "off"))
 
     def daemon(self, raw: Any) -> DaemonConfig:
         loc = ("daemon",)

@@ -66,8 +66,18 @@ def build_context_source(cfg: Config):
     )
 
 
+def build_traffic(cfg: Config):
+    """[traffic] accounting: None when off (the firewall is never touched)."""
+    if cfg.traffic.accounting != "nftables":
+        return None
+    from collector.traffic import TrafficAccounting
+
+    return TrafficAccounting(cfg.collector.cgroup_root)
+
+
 def build_sampler(cfg: Config) -> Sampler:
-    return Sampler(build_context_source(cfg), cfg.collector.proc_root)
+    return Sampler(build_context_source(cfg), cfg.collector.proc_root,
+                   traffic=build_traffic(cfg))
 
 
 def _served_graphs(cfg: Config) -> str | None:
@@ -334,7 +344,13 @@ class Daemon:
                     self.sampler.replace_source(source)
                 else:  # another tree: its pids and counters are not these
                     self.sampler.close()
-                    self.sampler = Sampler(source, new.collector.proc_root)
+                    self.sampler = Sampler(source, new.collector.proc_root,
+                                           traffic=build_traffic(new))
+            if (new.traffic != old.traffic
+                    or new.collector.cgroup_root != old.collector.cgroup_root):
+                if self.sampler.traffic is not None:
+                    self.sampler.traffic.close()  # deletes the table
+                self.sampler.traffic = build_traffic(new)
             if rrd is not None:
                 try:
                     self.rrd.flush()

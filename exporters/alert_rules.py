@@ -55,6 +55,8 @@ _COUNTER_SERIES = {
     "limit_hits": ("ctxmon_context_limit_hits_total", "resource", ""),
     "net_receive_bps": ("ctxmon_context_network_receive_bytes_total", "interface", " * 8"),
     "net_transmit_bps": ("ctxmon_context_network_transmit_bytes_total", "interface", " * 8"),
+    "traffic_receive_bps": ("ctxmon_context_traffic_receive_bytes_total", "method", " * 8"),
+    "traffic_transmit_bps": ("ctxmon_context_traffic_transmit_bytes_total", "method", " * 8"),
 }
 
 

@@ -81,6 +81,8 @@ DEFAULT_SUMMARIES = {
     "limit_hits": "{context}: limits refused {value} (threshold {threshold})",
     "net_receive_bps": "{context}: receiving {value} (threshold {threshold})",
     "net_transmit_bps": "{context}: sending {value} (threshold {threshold})",
+    "traffic_receive_bps": "{context}: receiving {value} (threshold {threshold})",
+    "traffic_transmit_bps": "{context}: sending {value} (threshold {threshold})",
     "absent": "{context} is not running",
 }
 
@@ -211,6 +213,10 @@ _COUNTERS: dict[str, tuple[str, Callable[[ContextSample], dict[str, float]], flo
     "limit_hits": ("hits", lambda c: {lim.resource: float(lim.hits) for lim in c.limits}, 1.0),
     "net_receive_bps": ("rx", lambda c: {i.name: float(i.rx_bytes) for i in c.interfaces}, 8.0),
     "net_transmit_bps": ("tx", lambda c: {i.name: float(i.tx_bytes) for i in c.interfaces}, 8.0),
+    "traffic_receive_bps": ("traffic_rx", lambda c: {} if c.traffic is None else
+                            {c.traffic.method: float(c.traffic.rx_bytes)}, 8.0),
+    "traffic_transmit_bps": ("traffic_tx", lambda c: {} if c.traffic is None else
+                             {c.traffic.method: float(c.traffic.tx_bytes)}, 8.0),
 }
 _COUNTERS["cpu_host"] = _COUNTERS["cpu"]
 

@@ -21,6 +21,7 @@ from ctxmon.config import (
     DaemonConfig,
     LogConfig,
     RrdConfig,
+    TrafficConfig,
     RULE_KEYS,
     Rule,
     _LineIndex,
@@ -616,7 +617,7 @@ def test_shipped_config_documents_every_key():
     data = tomllib.loads(text)
     tables = {"collector": CollectorConfig, "rrd": RrdConfig, "exporter": ExporterConfig,
               "graphs": GraphsConfig, "alerts": AlertsConfig, "log": LogConfig,
-              "daemon": DaemonConfig}
+              "daemon": DaemonConfig, "traffic": TrafficConfig}
     assert set(tables) == set(toml_keys(Config))
     rules = _commented_rule_examples(text)
     assert rules, "the rule examples are gone"
