@@ -17,6 +17,8 @@ TEST_PACKAGES := rrdcached prometheus prometheus-alertmanager chromium openssl
 # Traffic accounting: real nftables in a private namespace (tests); iperf3 for
 # benchmarks/nft_bench.py.
 TEST_PACKAGES += nftables iperf3
+# htpasswd (apache2-utils): the tests check long passwords against what it hashes.
+TEST_PACKAGES += apache2-utils
 
 .PHONY: run test stat setup deps test-deps clean
 
