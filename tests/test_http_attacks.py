@@ -59,7 +59,8 @@ def basic(user: str, password: str | bytes) -> str:
 def config(tmp_path, port: int, exporter: str = "") -> str:
     """A daemon on a VServer fixture tree (fixed contexts: nobody else's cgroups)."""
     return write_config(tmp_path / "ctxmon.toml", tmp_path / "rrd", port=port,
-                        source="vserver", proc_root=vserver_tree(tmp_path), exporter=exporter)
+                        source="vserver", proc_root=vserver_tree(tmp_path), exporter=exporter,
+                        step="10s")  # small RRD files: the disk is shared
 
 
 @pytest.fixture(scope="module")
