@@ -95,6 +95,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return daemon.run()
 
 
+def cmd_rules(args: argparse.Namespace) -> int:
+    """`ctxmon rules`: a ConfigError propagates (main prints it as one line)."""
+    from alerts.promrules import generate_rules
+
+    cfg = load_config(args.config, check_rrd_files=False)
+    text = generate_rules(cfg.alerts, source=args.config, group=args.group)
+    if not args.output:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return 0
+    from exporters.files import write_atomic
+
+    folder = os.path.dirname(args.output) or "."
+    if not os.path.isdir(folder):  # a typo in the path makes no folders
+        raise UserError(f"rules: {args.output}: no such directory {folder}")
+    try:
+        write_atomic(args.output, text.encode("ascii"), make_dirs=False)
+    except OSError as e:
+        raise UserError(f"rules: {args.output}: {e.strerror or e}") from None
+    return 0
+
+
 def cmd_graph(args: argparse.Namespace) -> int:
     from graphs.__main__ import run
 
@@ -176,12 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     graph_arguments(gp)
     gp.set_defaults(func=cmd_graph)
 
-    from exporters.alert_rules import add_arguments as rules_arguments, main as cmd_rules
-
     text = "print the [[alerts.rule]] entries as a Prometheus alerting rules file"
     ru = sub.add_parser("rules", help=text, description=text + ", for Prometheus to "
                         "evaluate the same alerts as the daemon (ctxmon_* series).")
-    rules_arguments(ru)
+    ru.add_argument("-c", "--config", required=True, metavar="FILE",
+                    help="TOML config file whose [[alerts.rule]] entries to convert")
+    ru.add_argument("-o", "--output", metavar="FILE", default=None,
+                    help="write the rules here (atomically; its folder must exist) instead "
+                    "of to standard output")
+    ru.add_argument("--group", default="ctxmon", metavar="NAME",
+                    help="name of the rule group (default ctxmon)")
     ru.set_defaults(func=cmd_rules)
 
     from planner.cli import add_arguments as plan_arguments, add_demo_arguments

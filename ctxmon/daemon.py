@@ -94,7 +94,7 @@ def build_metrics_server(cfg: Config, daemon: "Daemon"):
     e = cfg.exporter
     collector = SnapshotCollector(lambda: daemon.latest, daemon.self_metrics,
                                   max_contexts=e.max_contexts or None, version=_version())
-    from exporters.alerts import AlertCollector
+    from alerts.collector import AlertCollector
 
     registry = build_registry(collector)
     # ctxmon_alert_firing ...; ctxmon_host_cpus comes from the snapshot (catalog)
@@ -110,7 +110,7 @@ def build_alert_engine(cfg: Config):
     """Local alert evaluation; None when there are no [[alerts.rule]] entries."""
     if not cfg.alerts.rules:
         return None
-    from exporters.alerts import AlertEngine
+    from alerts.engine import AlertEngine
 
     return AlertEngine(cfg.alerts)
 
@@ -200,7 +200,7 @@ class Daemon:
         """The graph renderer is another process: it reads firing alerts and levels
         (banner, threshold lines) from a file in the graphs folder."""
         if self.cfg.graphs.enabled:
-            from exporters.alerts import ALERT_STATE_FILE, write_alert_state
+            from alerts.handoff import ALERT_STATE_FILE, write_alert_state
 
             write_alert_state(engine, os.path.join(self.cfg.graphs.dir, ALERT_STATE_FILE))
 

@@ -1,4 +1,4 @@
-"""The alert state the daemon hands over to the renderer (exporters.alerts.write_alert_state).
+"""The alert state the daemon hands over to the renderer (alerts.handoff.write_alert_state).
 
 The renderer is a child process and cannot ask the daemon's AlertEngine, so after each
 evaluation the daemon writes `<graphs dir>/.ctxmon-alerts.json`: the pending and firing
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from exporters.alerts import ALERT_STATE_FILE, ALERT_STATE_VERSION
+from alerts.handoff import ALERT_STATE_FILE, ALERT_STATE_VERSION
 
 log = logging.getLogger("ctxmon.graphs")
 

@@ -20,8 +20,8 @@ import pytest
 
 from collector.snapshot import ContextSample, InterfaceSample, LimitRow, Snapshot
 from ctxmon.config import load_config, parse_duration
-from exporters.alert_rules import generate_rules
-from exporters.alerts import AlertEngine
+from alerts.engine import AlertEngine
+from alerts.promrules import generate_rules
 
 pytestmark = [pytest.mark.live]
 

@@ -10,8 +10,9 @@ import os
 
 import pytest
 
-from ctxmon.config import AlertRule, AlertsConfig, Level
-from exporters.alerts import ALERT_STATE_FILE, AlertEngine, write_alert_state
+from alerts.engine import AlertEngine
+from alerts.handoff import ALERT_STATE_FILE, write_alert_state
+from alerts.model import AlertRule, AlertsConfig, Level
 from graphs.alertstate import EMPTY, parse_alert_state, read_alert_state
 from test_alerts import Clock, ctx, mem_limit, snap
 

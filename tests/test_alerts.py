@@ -17,24 +17,13 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from collector.snapshot import ContextSample, InterfaceSample, LimitRow, Snapshot
-from ctxmon.config import (
-    AlertOverride,
-    AlertRule,
-    AlertsConfig,
-    ConfigError,
-    Level,
-    load_config,
-)
-from exporters import alert_rules
-from exporters.alerts import (
-    AlertCollector,
-    AlertEngine,
-    alert_metric_family,
-    humanize,
-    humanize1024,
-    humanize_percentage,
-    prom_rate,
-)
+from alerts import promrules as alert_rules
+from alerts.collector import AlertCollector, alert_metric_family
+from alerts.engine import AlertEngine
+from alerts.formats import humanize, humanize1024, humanize_percentage
+from alerts.model import AlertOverride, AlertRule, AlertsConfig, Level
+from alerts.rate import prom_rate
+from ctxmon.config import ConfigError, load_config
 
 # ----------------------------------------------------------------------- helpers
 

@@ -16,8 +16,9 @@ from urllib.parse import unquote
 
 import pytest
 
-from ctxmon.config import AlertRule, AlertsConfig, Level
-from exporters.alerts import ALERT_STATE_FILE, AlertEngine, write_alert_state
+from alerts.engine import AlertEngine
+from alerts.handoff import ALERT_STATE_FILE, write_alert_state
+from alerts.model import AlertRule, AlertsConfig, Level
 from exporters.names import encode_name
 from exporters.rrd import list_rrd_files
 from graphs.alertstate import LevelShown

@@ -228,8 +228,9 @@ def site(tmp_path_factory):
 def write_alerts(env: Env) -> None:
     """Alerts firing for `<script>alert(1)</script>` (critical) and web (warning), handed
     over as the daemon does."""
-    from ctxmon.config import AlertRule, AlertsConfig, Level
-    from exporters.alerts import ALERT_STATE_FILE, AlertEngine, write_alert_state
+    from alerts.engine import AlertEngine
+    from alerts.handoff import ALERT_STATE_FILE, write_alert_state
+    from alerts.model import AlertRule, AlertsConfig, Level
 
     rules = (AlertRule(name="Procs", metric="processes", warning=Level(1), critical=Level(2),
                        contexts=(EVIL[0],)),

@@ -1,7 +1,7 @@
-"""`ctxmon rules`: the `[[alerts.rule]]` definitions as a Prometheus alerting rules file.
+"""The `[[alerts.rule]]` definitions as a Prometheus alerting rules file (`ctxmon rules`).
 
 The PromQL reads the exporter's series (exporters.prometheus) and means what the local
-evaluation (exporters.alerts) computes from the snapshot, so a site that alerts from
+evaluation (alerts.engine) computes from the snapshot, so a site that alerts from
 Prometheus gets the same alerts:
 
 - rates are `rate()` over `[alerts] rate_window`, summed over a context's series
@@ -28,39 +28,26 @@ goes out double-quoted with escapes valid both in YAML and in PromQL/Go.
 
 from __future__ import annotations
 
-import argparse
 import os
 import string
-import sys
 from typing import Iterator
 
-from ctxmon.config import ALERT_METRICS, AlertRule, AlertsConfig, load_config
+from collector import catalog
 
-from .alerts import VALUE_FORMATS, CompiledRule, Settings, format_value, value_unit
-from .files import write_atomic
+from .engine import CompiledRule, Settings
+from .formats import VALUE_FORMATS, format_value, value_unit
+from .model import ALERT_METRICS, AlertRule, AlertsConfig
 
 GROUP = "ctxmon"
 
-# metric -> its gauge series
-_GAUGE_SERIES = {
-    "rss": "ctxmon_context_memory_rss_bytes",
-    "vsz": "ctxmon_context_memory_virtual_bytes",
-    "processes": "ctxmon_context_processes",
-    "threads": "ctxmon_context_threads",
-}
-# metric -> (counter series, the label summed away, factor)
+# From the catalog: metric -> its gauge series; metric -> (counter series, the label
+# summed away, factor).
+_GAUGE_SERIES = {m.name: m.family for m in catalog.ALERT_METRICS if m.gauge is not None}
 _COUNTER_SERIES = {
-    "cpu": ("ctxmon_context_cpu_seconds_total", "mode", ""),
-    "cpu_host": ("ctxmon_context_cpu_seconds_total", "mode", ""),
-    "limit_hits": ("ctxmon_context_limit_hits_total", "resource", ""),
-    "net_receive_bps": ("ctxmon_context_network_receive_bytes_total", "interface", " * 8"),
-    "net_transmit_bps": ("ctxmon_context_network_transmit_bytes_total", "interface", " * 8"),
-    "traffic_receive_bps": ("ctxmon_context_traffic_receive_bytes_total", "method", " * 8"),
-    "traffic_transmit_bps": ("ctxmon_context_traffic_transmit_bytes_total", "method", " * 8"),
-}
-
-
-# ---------------------------------------------------------------------- quoting
+    m.name: (catalog.FAMILY[m.family].exposed, m.summed_label,
+             "" if m.counter.factor == 1 else f" * {m.counter.factor:g}")
+    for m in catalog.ALERT_METRICS if m.counter is not None}
+_HOST_SHARE = frozenset(m.name for m in catalog.ALERT_METRICS if m.host_share)
 
 
 def quote(s: str) -> str:
@@ -170,14 +157,14 @@ def _selector(name: str, matchers: list[str]) -> str:
 
 
 def value_expr(metric: str, of_limit: bool, matchers: list[str], window: float) -> str:
-    """PromQL for a context's value of `metric`, as exporters.alerts computes it."""
+    """PromQL for a context's value of `metric`, as alerts.engine computes it."""
     if metric in _GAUGE_SERIES:
         expr = _selector(_GAUGE_SERIES[metric], matchers)
     else:
         series, summed, factor = _COUNTER_SERIES[metric]
         expr = (f"sum without({summed}) (rate({_selector(series, matchers)}"
                 f"[{prom_duration(window)}])){factor}")
-        if metric == "cpu_host":
+        if metric in _HOST_SHARE:
             expr = f"({expr} / ignoring(context) group_left() ctxmon_host_cpus)"
     if of_limit:
         resources = ALERT_METRICS[metric][1]
@@ -318,37 +305,3 @@ def generate_rules(cfg: AlertsConfig, source: str | None = None, group: str = GR
     for i, rule in enumerate(cfg.rules):
         lines.extend(_rule_entries(i, CompiledRule(rule), cfg.rate_window))
     return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", required=True, metavar="FILE",
-                        help="TOML config file whose [[alerts.rule]] entries to convert")
-    parser.add_argument("-o", "--output", metavar="FILE", default=None,
-                        help="write the rules here instead of to standard output")
-    parser.add_argument("--group", default=GROUP, metavar="NAME",
-                        help=f"name of the rule group (default {GROUP})")
-
-
-def main(args: argparse.Namespace) -> int:
-    """`ctxmon rules`: a ConfigError propagates (the CLI prints it as one line)."""
-    cfg = load_config(args.config, check_rrd_files=False)
-    text = generate_rules(cfg.alerts, source=args.config, group=args.group)
-    if args.output:
-        try:
-            write_atomic(args.output, text.encode("ascii"))
-        except OSError as e:
-            print(f"ctxmon rules: {args.output}: {e.strerror or e}", file=sys.stderr)
-            return 2
-    else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    return 0
-
-
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="ctxmon rules", description=__doc__.splitlines()[0])
-    add_arguments(p)
-    sys.exit(main(p.parse_args()))
