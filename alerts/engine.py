@@ -24,6 +24,7 @@ hanging command or an unreachable Alertmanager never holds up a poll.
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import math
 import os
@@ -33,6 +34,7 @@ from typing import Any, Callable, Iterator
 
 from collector import catalog
 from collector.snapshot import ContextSample, Snapshot
+from exporters.files import write_atomic
 from exporters.names import clean_text, loggable
 
 from .formats import _duration, _iso, default_summary, format_value, render_summary, value_unit
@@ -44,6 +46,10 @@ log = logging.getLogger("ctxmon.alerts")
 
 INACTIVE, PENDING, FIRING, RESOLVED = "inactive", "pending", "firing", "resolved"
 RESEND_SECONDS = 60.0  # Prometheus' default resend delay to Alertmanager
+STATE_FILE = ".ctxmon-alert-state.json"  # in the [rrd] dir: the daemon's own data
+STATE_VERSION = 1
+RESUME_TOLERANCE = 3600.0  # as Prometheus' for-outage-tolerance: older state is stale
+MAX_STATE_BYTES = 64 << 20
 
 # metric -> a context's value of a gauge metric, from the catalog
 GAUGES: dict[str, Callable[[ContextSample], float]] = {
@@ -182,6 +188,7 @@ class _Instance:
     summary: str
     fired_at: float | None = None
     last_sent: float | None = None  # last time it went to Alertmanager
+    restored: bool = False  # resumed from the state file; no value seen since
 
     def freeze(self, state: str | None = None, resolved_at: float | None = None) -> Alert:
         return Alert(self.name, self.context, self.severity, self.metric,
@@ -200,8 +207,14 @@ class AlertEngine:
     host's). Call `close()` when done, to stop the notifier threads."""
 
     def __init__(self, cfg: AlertsConfig, clock: Callable[[], float] = time.time,
-                 cpus: int | None = None, host: str | None = None):
+                 cpus: int | None = None, host: str | None = None,
+                 state_path: str | None = None):
         self.clock = clock
+        # Pending and firing alerts are saved here at each change and resumed at start,
+        # so a restart neither returns a firing alert to pending nor fires it again.
+        self.state_path = state_path
+        self._saved: Any = None  # what the file holds (to write only on changes)
+        self._grace_until = 0.0  # resumed alerts without a value yet hold till then
         self.cpus = cpus or os.cpu_count() or 1
         self.host = host if host is not None else os.uname().nodename
         self.cfg = cfg
@@ -217,6 +230,8 @@ class AlertEngine:
         self._command: CommandNotifier | None = None
         self._alertmanager: AlertmanagerNotifier | None = None
         self.reconfigure(cfg)
+        if state_path is not None:
+            self._resume(state_path)
 
     # -- configuration
 
@@ -277,6 +292,7 @@ class AlertEngine:
         for t in transitions:
             _log_transition(t)
         self._notify(transitions, now)
+        self._save()
         return transitions
 
     def _values(self, rule: CompiledRule, snap: Snapshot
@@ -336,6 +352,10 @@ class AlertEngine:
             # Levels and unit may have changed (reload, an override): judge by today's.
             inst.threshold, inst.clear = threshold, clear
             inst.unit = value_unit(inst.metric, settings.of_limit)
+        if inst.restored:
+            if value is None and settings is not None and now < self._grace_until:
+                return None  # resumed: a rate needs two polls before it has a value
+            inst.restored = False
         if inst.state == PENDING:
             if not above:
                 del self._instances[key]
@@ -475,6 +495,94 @@ class AlertEngine:
         for n in (self._command, self._alertmanager):
             if n is not None:
                 n.close(timeout)
+
+    # -- persistence
+
+    def _state(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "alerts": [
+            {"alert": i.name, "context": i.context, "severity": i.severity,
+             "metric": i.metric, "state": i.state, "active_since": i.active_since,
+             "fired_at": i.fired_at, "last_sent": i.last_sent}
+            for i in sorted(self._instances.values(),
+                            key=lambda i: (i.name, i.context, i.severity))]}
+
+    def _save(self) -> None:
+        """Write the pending and firing alerts when they changed (not their values:
+        those are evaluated again after a restart). Atomic; a failure is logged when
+        it starts and never stops an evaluation."""
+        if self.state_path is None:
+            return
+        state = self._state()
+        if state == self._saved:
+            return
+        data = (json.dumps({**state, "saved_at": self.clock()}, ensure_ascii=True,
+                           separators=(",", ":")) + "\n").encode("ascii")
+        try:
+            write_atomic(self.state_path, data, mode=0o600)
+        except OSError as e:
+            if self._saved is not False:
+                log.warning("cannot save the alert state to %s: %s", self.state_path,
+                            e.strerror or e)
+            self._saved = False
+            return
+        if self._saved is False:
+            log.info("alert state saved again to %s", self.state_path)
+        self._saved = state
+
+    def _resume(self, path: str) -> None:
+        """Take up the alerts saved in `path`. A state older than RESUME_TOLERANCE (the
+        daemon was down long) or unreadable is not resumed: one log line says why."""
+        try:
+            with open(path, "rb") as f:
+                data = json.loads(f.read(MAX_STATE_BYTES))
+            saved_at = float(data["saved_at"])
+            if data.get("version") != STATE_VERSION:
+                raise ValueError(f"version {data.get('version')!r}")
+            entries = list(data["alerts"])
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, KeyError, RecursionError) as e:
+            why = getattr(e, "strerror", None) or f"{type(e).__name__}: {e}"
+            log.warning("alert state %s not resumed: %s", path, why[:200])
+            return
+        now = self.clock()
+        age = now - saved_at
+        if not 0 <= age <= RESUME_TOLERANCE:
+            log.info("alert state %s not resumed: saved %.0f s ago", path, age)
+            return
+        rules = {r.rule.name: r for r in self._rules}
+        for e in entries:
+            try:
+                key = (str(e["alert"]), str(e["context"]), str(e["severity"]))
+                state = e["state"]
+                rule = rules.get(key[0])
+                if rule is None or state not in (PENDING, FIRING):
+                    continue  # its rule is gone: nothing to resume
+                settings = rule.settings(key[1])
+                if settings is None:
+                    continue
+                levels = {sev: (t, c) for sev, t, c in settings.levels}
+                if key[2] not in levels:
+                    continue
+                threshold, clear = levels[key[2]]
+                fired_at = e.get("fired_at")
+                last_sent = e.get("last_sent")
+                inst = _Instance(
+                    key[0], key[1], key[2], rule.metric, state, float(e["active_since"]),
+                    None, threshold, clear, value_unit(rule.metric, settings.of_limit), "",
+                    fired_at=None if fired_at is None else float(fired_at),
+                    last_sent=None if last_sent is None else float(last_sent), restored=True)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue  # one malformed entry costs only itself
+            self._instances[key] = inst
+        self._grace_until = now + self.cfg.rate_window
+        active = sorted(self._instances.values(), key=lambda i: (i.name, i.context, i.severity))
+        self._active = tuple(i.freeze() for i in active)
+        self._firing = tuple(a for a in self._active if a.state == FIRING)
+        self._saved = self._state()
+        if self._instances:
+            log.info("alert state resumed from %s (saved %.0f s ago): %d firing, %d pending",
+                     path, age, len(self._firing), len(self._active) - len(self._firing))
 
 
 def _log_transition(t: Transition) -> None:

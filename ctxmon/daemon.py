@@ -110,9 +110,10 @@ def build_alert_engine(cfg: Config):
     """Local alert evaluation; None when there are no [[alerts.rule]] entries."""
     if not cfg.alerts.rules:
         return None
-    from alerts.engine import AlertEngine
+    from alerts.engine import STATE_FILE, AlertEngine
 
-    return AlertEngine(cfg.alerts)
+    # The state lives with the daemon's other data, so a restart resumes it.
+    return AlertEngine(cfg.alerts, state_path=os.path.join(cfg.rrd.dir, STATE_FILE))
 
 
 def build_rrd_sink(cfg: Config):
