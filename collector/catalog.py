@@ -40,16 +40,19 @@ API (all tables are tuples in a fixed order; the order is the exposition order)
     from the DataSource), `.host_title` (a host graph stacking every context's file
     of this kind, None for none), `.host_ds` (DS summed per context on it),
     `.host_vertical_label`, `.host_base`, `.stacked` (a context's own graph stacks
-    its areas), `.replaces_on_host` (this kind's host graph stands in for another's
-    where a context has this file: cgroup memory for summed RSS).
+    its areas), `.replaces_on_host` (another kind's name, e.g. "mem": on
+    that kind's host graph a context that has a file of this kind is drawn from this
+    kind's `host_ds` instead: the cgroup's memory charge instead of summed RSS).
 `ALERT_METRICS: tuple[AlertMetric, ...]` / `ALERT_METRIC: dict[str, AlertMetric]` —
     what alert rules may name in `metric`: `.name`, `.unit` (ratio, bytes, count,
     per_second, bits_per_second, seconds_per_second), `.limit_resources` (for "N%"
     levels: the context's lowest hard limit among these resources), `.summary`,
     `.summary_of_limit`, `.gauge(context)` (gauges) or `.counter` (a
     `CounterSource`: `.kind`, `.series(context) -> {series: value}`, `.factor`),
-    `.family` and `.summed_label` (the PromQL twin: `sum without(summed_label)
-    (rate(family[w])) * factor`, or the gauge family itself), `.host_share` (divided
+    `.family`, `.matchers` and `.summed_label` (the PromQL twin: `sum
+    without(summed_label) (rate(family{matchers}[w])) * factor`, or the gauge family
+    itself; `matchers` are (label, value) pairs, e.g. (("resource", "cpu"),) picks one
+    resource of a family that has several), `.host_share` (divided
     by the host's CPUs), `.drawn_on` (file kind whose graph shows its threshold
     lines) and `.drawn_as` (the legend label there), `.doc` (README text).
     `absent` is declared too (no value; it is about a context missing).
@@ -191,6 +194,7 @@ class AlertMetric:
     counter: CounterSource | None = None
     family: str | None = None
     summed_label: str | None = None
+    matchers: tuple[tuple[str, str], ...] = ()  # label = value, on `family` in PromQL
     host_share: bool = False
     drawn_on: str | None = None
     drawn_as: str = ""
