@@ -43,24 +43,27 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))  # cgroups.py, rrdcached.py
 
-import rrdtool  # noqa: E402
 
 from collector import build_source  # noqa: E402
 from collector.sampler import Sampler  # noqa: E402
 from exporters.http import MetricsServer  # noqa: E402
 from exporters.names import encode_name  # noqa: E402
 from exporters.prometheus import SelfMetrics, SnapshotCollector, build_registry  # noqa: E402
-from exporters.rrd import ARCHIVE_DIR, CONTEXT_KINDS, RrdSink, rrd_path  # noqa: E402
+from collector.catalog import FILE_KINDS  # noqa: E402
+from exporters.rrd import ARCHIVE_DIR, RrdSink, rrd_path  # noqa: E402
+from exporters.rrdlayout import context_file_name  # noqa: E402
+from soakchecks import STEP, check_rrd, check_series, fd_census, steady_fds  # noqa: E402,F401
 
-STEP = 60  # RRD step and fake seconds per poll
 PREFIX = "ctxmon-soak-"
+# Files every context has (cgmem.rrd, say, needs a memory controller the soak's
+# cgroups may lack).
+ALWAYS_KINDS = tuple(k.name for k in FILE_KINDS if k.scope == "context" and k.present is None)
 
 # A scraper: GET /metrics in a loop on fresh connections until SIGTERM, then print
 # its counts. A minimal interpreter (-S), so ten of them cost little memory.
@@ -179,55 +182,6 @@ def rss_bytes() -> int:
     return 0
 
 
-def _tcp_states(pid: int | str = "self") -> dict[str, str]:
-    """socket inode -> TCP state (hex, 0A = LISTEN) in the process's network namespace."""
-    out = {}
-    for name in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
-        try:
-            with open(name) as f:
-                next(f)
-                for line in f:
-                    parts = line.split()
-                    out[parts[9]] = parts[3]
-        except OSError:
-            continue
-    return out
-
-
-_STAT_FD = re.compile(r"/proc/\d+/stat$")
-
-
-def fd_census(pid: int | str = "self") -> dict[str, int]:
-    """Open fds of a process (this one by default) by kind: `stat` (the scanner's held
-    /proc/<pid>/stat), `tcp-conn` (HTTP connections in flight), `tcp-listen`, `socket`,
-    `pipe`, `file`, `other`."""
-    tcp = _tcp_states(pid)
-    kinds: Counter = Counter()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue  # the fd listing itself, closed meanwhile
-        if _STAT_FD.match(target):
-            kinds["stat"] += 1
-        elif target.startswith("socket:["):
-            state = tcp.get(target[8:-1])
-            kinds["socket" if state is None else "tcp-listen" if state == "0A" else "tcp-conn"] += 1
-        elif target.startswith("pipe:["):
-            kinds["pipe"] += 1
-        elif target.startswith("/"):
-            kinds["file"] += 1
-        else:
-            kinds["other"] += 1
-    return dict(kinds)
-
-
-def steady_fds(census: dict[str, int]) -> int:
-    """Fds that must not change over a soak: all but the held stat files (one per live
-    process) and HTTP connections in flight."""
-    return sum(n for kind, n in census.items() if kind not in ("stat", "tcp-conn"))
-
-
 def quiet_census(scrapers: list[subprocess.Popen], limit: float = 15.0) -> dict[str, int]:
     """fd_census() with the scrapers stopped (SIGSTOP) and no request in flight, so that
     no connection or file a request handler holds for a moment is counted."""
@@ -339,71 +293,9 @@ def stop_scrapers(procs: list[subprocess.Popen]) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------- the checks
 
-_INFO = re.compile(r'^ctxmon_context_info\{context="((?:[^"\\]|\\.)*)"', re.MULTILINE)
-_CONTEXTS = re.compile(r"^ctxmon_contexts ([0-9.e+]+)$", re.MULTILINE)
-
-
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
         return r.read().decode("utf-8")
-
-
-def check_series(text: str, snap, departed: set[str]) -> list[str]:
-    """The scrape must list exactly the snapshot's contexts, and none of `departed`."""
-    problems = []
-    labels = [re.sub(r"\\(.)", lambda m: {"n": "\n"}.get(m.group(1), m.group(1)), x)
-              for x in _INFO.findall(text)]
-    m = _CONTEXTS.search(text)
-    if m is None or float(m.group(1)) != len(snap.contexts):
-        problems.append(f"ctxmon_contexts is {m and m.group(1)}, the snapshot has {len(snap.contexts)}")
-    if len(labels) != len(snap.contexts):
-        problems.append(f"{len(labels)} context_info series for {len(snap.contexts)} contexts")
-    stale = departed & set(labels)
-    if stale:
-        problems.append(f"departed contexts still exported: {sorted(stale)[:3]}")
-    return problems
-
-
-def _fetch_rows(path: str, start: int, end: int, resolution: int, daemon: str | None):
-    args = [path, "AVERAGE", "-r", str(resolution), "-s", str(start), "-e", str(end)]
-    if daemon:
-        args = ["--daemon", daemon, *args]
-    (s, _e, st), names, rows = rrdtool.fetch(*args)
-    # Row i covers (s + i*st, s + (i+1)*st]; it is stamped with its end.
-    return [(s + (i + 1) * st, row) for i, row in enumerate(rows)], st
-
-
-def check_rrd(path: str, first: int, last: int, end: int, daemon: str | None) -> str | None:
-    """None if every row of `path` is known while its context ran; else what is missing.
-
-    The context was polled at `first` ... `last`: rows ending at first + STEP ... last
-    must be known (a counter's first update gives no rate yet). Rows within 2 days of
-    `end` are read at the step; older ones in the 30-minute archive, where a row is
-    checked when it lies wholly inside the context's life."""
-    if not os.path.exists(path):
-        return f"{path}: missing"
-    problems = []
-    lo = first + STEP
-    fine_from = end - 2 * 86400 + 2 * STEP  # what the step archive still holds
-    s = max(lo, fine_from)
-    if last >= s:
-        rows, st = _fetch_rows(path, s - STEP, last, STEP, daemon)
-        holes = [t for t, row in rows if s <= t <= last and any(v is None for v in row)]
-        if st != STEP:
-            problems.append(f"read at {st} s, not {STEP} s")
-        elif holes:
-            problems.append(f"{len(holes)} unknown rows, first at {holes[0]}")
-    top = min(last, fine_from)
-    if top - first >= 2 * 1800:
-        rows, st = _fetch_rows(path, first, top, 1800, daemon)
-        if st == 1800:
-            holes = [t for t, row in rows
-                     if t - st >= first and t <= top and any(v is None for v in row)]
-            if holes:
-                problems.append(f"{len(holes)} unknown {st}-s rows, first at {holes[0]}")
-        else:
-            problems.append(f"old rows read at {st} s, not 1800 s")
-    return f"{path}: {', '.join(problems)}" if problems else None
 
 
 def find_context_dir(rrd_dir: str, name: str) -> list[str]:
@@ -575,9 +467,9 @@ def run_soak(polls: int = 10_000, warmup: int | None = None, scrapers: int = 10,
                 continue
             # An archived context's files were flushed and forgotten by rrdcached.
             archived = f"{os.sep}{ARCHIVE_DIR}{os.sep}" in dirs[0]
-            for kind in CONTEXT_KINDS:
+            for kind in ALWAYS_KINDS:
                 res.rrd_files_checked += 1
-                problem = check_rrd(os.path.join(dirs[0], kind + ".rrd"), first, last, end,
+                problem = check_rrd(os.path.join(dirs[0], context_file_name(kind)), first, last, end,
                                     None if archived else daemon_addr)
                 if problem:
                     res.rrd_unknown.append(problem)
@@ -647,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--live", type=int, default=8, help="churned contexts up at once (default 8)")
     p.add_argument("--rrdcached", action="store_true", help="write through a private rrdcached")
     p.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    p.add_argument("--workdir", help="folder for the RRD files (default: a temporary one)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         p.error("run as root: the soak makes cgroups")
@@ -655,10 +548,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {r.polls} polls, {r.contexts_churned} contexts churned", file=sys.stderr)
 
     r = run_soak(args.polls, args.warmup, args.scrapers, args.scrape_pause, args.churn_every,
-                 args.live, args.rrdcached, progress=progress)
+                 args.live, args.rrdcached, workdir=args.workdir, progress=progress)
     print(report(r))
     if args.json:
-        print(json.dumps({**asdict(r), "rss_growth": r.rss_growth}, indent=1))
+        print(json.dumps({**asdict(r), "rss_growth": r.rss_growth,
+                          "steady_fds_warm": r.steady_fds_warm,
+                          "steady_fds_end": r.steady_fds_end, "problems": r.problems()},
+                         indent=1))
     problems = r.problems()
     for line in problems:
         print("FAILED: " + line)

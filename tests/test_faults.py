@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import soakchecks
 from daemonproc import POLLED, Daemon, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -35,8 +36,6 @@ from collector.sampler import Sampler
 from exporters.prometheus import SelfMetrics, SnapshotCollector, build_registry
 from exporters.rrd import RrdSink, list_rrd_files, rrd_path
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-import soak  # noqa: E402  (benchmarks/soak.py: fd census)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 SLEEP = ["sleep", "600"]
@@ -180,7 +179,7 @@ def assert_flowing(d, port: int, path: str | None = None, daemon: str | None = N
 
 
 def steady_fds(pid: int) -> int:
-    return soak.steady_fds(soak.fd_census(pid))
+    return soakchecks.steady_fds(soakchecks.fd_census(pid))
 
 
 # ----------------------------------------------------------------------- kill -9

@@ -1,6 +1,7 @@
 """The soak of benchmarks/soak.py in its short version: 300 polls of the real chain
 (cgroup sampler -> RRD files -> /metrics) on a fake clock, with cgroups and processes
-coming and going and 10 scraper processes hammering /metrics.
+coming and going and 10 scraper processes hammering /metrics. The soak runs as the
+program an admin runs (tests never import benchmarks); its figures come as JSON.
 
 Also checks that the soak's own checks can fail: a hole in an RRD file and a stale
 series are caught.
@@ -8,19 +9,19 @@ series are caught.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 
 import pytest
+import soakchecks as soak
 
 import cgroups
+from collector.snapshot import ContextSample, Snapshot
+from exporters.rrd import RrdSink, rrd_path
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-
-import soak  # noqa: E402  (benchmarks/soak.py)
-
-from collector.snapshot import ContextSample, Snapshot  # noqa: E402
-from exporters.rrd import RrdSink, rrd_path  # noqa: E402
+SOAK = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "soak.py")
 
 
 def _ctx(name: str, k: int) -> ContextSample:
@@ -69,20 +70,26 @@ def test_300_polls_with_churn_and_10_scrapers_hold(tmp_path):
     reason = cgroups.unavailable_reason()
     if reason:
         pytest.skip(reason)
-    r = soak.run_soak(polls=300, warmup=100, scrapers=10, churn_every=10, live=8,
-                      workdir=str(tmp_path))
-    print(soak.report(r))
-    assert r.polls == 300 and r.poll_failures == 0
-    assert r.contexts_churned >= 20  # 29 made, 8 still up at the end
-    assert r.scrapes_served > 100 and r.scrape_errors == 0
-    assert r.rss_growth < 5 << 20, soak.report(r)
-    assert r.steady_fds_end == r.steady_fds_warm, (r.fds_warm, r.fds_end)
+    run = subprocess.run(
+        [sys.executable, SOAK, "--polls", "300", "--warmup", "100", "--scrapers", "10",
+         "--churn-every", "10", "--live", "8", "--workdir", str(tmp_path), "--json"],
+        capture_output=True, text=True, timeout=600)
+    out = run.stdout
+    print(out, run.stderr[-2000:])
+    report = out[:out.index("\n{")]
+    r = json.loads(out[len(report):out.rindex("}") + 1])
+    assert r["polls"] == 300 and r["poll_failures"] == 0
+    assert r["contexts_churned"] >= 20  # 29 made, 8 still up at the end
+    assert r["scrapes_served"] > 100 and r["scrape_errors"] == 0
+    assert r["rss_growth"] < 5 << 20, report
+    assert r["steady_fds_end"] == r["steady_fds_warm"], (r["fds_warm"], r["fds_end"])
     # One held stat file per live process, never one per process ever seen.
-    assert r.fds_end.get("stat", 0) <= r.processes_end + 20, (r.fds_end, r.processes_end)
-    assert r.host_forks > r.processes_end  # more processes came and went than are up
-    assert r.connections_left == 0
-    assert r.stale_checks == 30 and r.stale_series == []
+    assert r["fds_end"].get("stat", 0) <= r["processes_end"] + 20, (r["fds_end"],
+                                                                    r["processes_end"])
+    assert r["host_forks"] > r["processes_end"]  # more processes came and went than are up
+    assert r["connections_left"] == 0
+    assert r["stale_checks"] == 30 and r["stale_series"] == []
     # host, the two steady contexts, and 29 churned ones: three files each.
-    assert r.rrd_files_checked >= 3 * 32
-    assert r.rrd_unknown == [] and r.rrd_write_errors == 0
-    assert r.problems() == []
+    assert r["rrd_files_checked"] >= 3 * 32
+    assert r["rrd_unknown"] == [] and r["rrd_write_errors"] == 0
+    assert r["problems"] == [] and run.returncode == 0, report
