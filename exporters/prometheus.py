@@ -14,6 +14,7 @@ per-context increases, so they stay monotonic while contexts move in and out of 
 from __future__ import annotations
 
 import threading
+from importlib import metadata
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -29,11 +30,11 @@ from exporters.names import clean_text as label_value
 
 
 def _version() -> str:
+    """The installed distribution's version (ctxmon's own), without importing the
+    ctxmon package: sinks never import the entry points."""
     try:
-        from ctxmon import __version__
-
-        return __version__
-    except ImportError:  # exporters used without the ctxmon package
+        return metadata.version("ctxmon")
+    except metadata.PackageNotFoundError:  # run from a checkout that is not installed
         return "unknown"
 
 
