@@ -249,7 +249,7 @@ class GraphRun:
                     fig.cpu_percent = (values["user"] + values["system"]) * 100
                 elif kind == "mem":
                     fig.rss, fig.vsz = values["rss"], values["vsz"]
-                else:
+                elif kind == "tasks":  # other kinds (cgmem ...) are not in the table
                     fig.processes, fig.threads = values["processes"], values["threads"]
             out[c.slug] = fig
         return out

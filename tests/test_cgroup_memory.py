@@ -189,3 +189,33 @@ def test_a_real_cgroup_sharing_pages_is_charged_once(v1_memory_twin, tmp_path):
     assert row["cgroup_memory"] == {"charged_bytes": charged, "anon_bytes": anon,
                                     "file_bytes": ctx.figures[catalog.MEMORY_FILE]}
     json.dumps(row)
+
+
+def test_a_graph_run_over_a_context_with_cgroup_memory_files(tmp_path):
+    """Files of kinds the pages do not tabulate (cgmem.rrd) never break a graph run
+    (they did: the contexts table took every file for a tasks file)."""
+    import time
+
+    from factories import context, snapshot
+
+    from collector.snapshot import LimitRow
+
+    rrd_dir, out = tmp_path / "rrd", tmp_path / "graphs"
+    now = int(time.time()) // 60 * 60
+    sink = RrdSink(str(rrd_dir), 60)
+    for k in range(5):
+        sink.write(snapshot(context("web", limits=(LimitRow("memory", "bytes", 1000),),
+                                    user=float(k), processes=3, threads=4,
+                                    figures={catalog.MEMORY_ANON: 600,
+                                             catalog.MEMORY_FILE: 300}),
+                            t=now - 300 + 60 * k))
+    assert os.path.exists(rrd_path(str(rrd_dir), "cgmem", "web"))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[rrd]\ndir = "{rrd_dir}"\nstep = 60\n[graphs]\ndir = "{out}"\n')
+    run = subprocess.run([sys.executable, "-m", "ctxmon.cli", "graph", "-c", str(cfg),
+                          "--period", "day"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    index = (out / "index.html").read_text()
+    assert 'href="ctx/web/index.html"' in index
+    assert "<td>3</td><td>4</td>" in index  # the tasks file's figures, not another's
