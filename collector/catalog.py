@@ -26,7 +26,9 @@ API (all tables are tuples in a fixed order; the order is the exposition order)
     file per context; "context-interface": per interface of a context's own netns;
     "host-interface": per host interface), `.ds_type` (DERIVE | GAUGE), `.data_sources`
     (`DataSource`: `.name`, `.value(subject)` in base units, `.legend`, `.colour`
-    role, `.style` "area" | "line"), `.ds` (the names), `.unit` (of what
+    role, `.style` "area" | "line"; a colour role the painter has no colour for
+    should get a stable one derived from the role's name, so that a new kind draws
+    without a change to graphs/), `.ds` (the names), `.unit` (of what
     `exporters.rrd.fetch` returns), `.store_scale` (stored = int(value * store_scale);
     CPU seconds are stored as microseconds), `.scale` (= 1 / store_scale: fetch
     multiplies by it), `.values(subject)` -> the DS values in base units (None =
