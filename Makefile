@@ -1,5 +1,6 @@
 # make run   - set up (Debian packages, .venv) and run the daemon on conf/ctxmon.toml
 # make test  - set up and run the test suite
+# make bench - CPU per poll next to collectd on the same cgroups (root; ~20 min)
 # Both are idempotent: packages are installed only when missing, the venv is rebuilt
 # only when pyproject.toml changes.
 
@@ -20,7 +21,7 @@ TEST_PACKAGES += nftables iperf3
 # htpasswd (apache2-utils): the tests check long passwords against what it hashes.
 TEST_PACKAGES += apache2-utils
 
-.PHONY: run test stat setup deps test-deps clean
+.PHONY: run test stat setup deps test-deps bench clean
 
 run: setup
 	$(VENV)/bin/ctxmon run -c $(CONFIG)
@@ -44,6 +45,15 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -e '.[test]'
 	touch $@
+
+# The benchmark's baseline (collectd with its cgroups and rrdtool plugins) and the
+# rrdcached both tools write through in its second half.
+BENCH_PACKAGES := collectd-core rrdcached
+BENCH_ARGS ?=
+
+bench: setup
+	@./.ci/apt-install --missing $(BENCH_PACKAGES)
+	$(VENV)/bin/python benchmarks/collectd_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var
