@@ -173,12 +173,7 @@ class Daemon:
             self.stats.polls += 1
             self.stats.last_poll_duration = time.monotonic() - t0
             self.stats.last_poll_end = time.time()
-            self.latest = snap  # from now on scrapes see it
-            if self.server is not None:
-                try:  # render the snapshot's part now so that no scrape waits for it
-                    self.server.registry.snapshot_collector.exposition()
-                except Exception:
-                    log.exception("rendering /metrics failed")
+            self.latest = snap  # from now on scrapes see it (the first renders its text)
             log.debug(
                 "poll %d: %d contexts, %d processes, %.0f ms (sample %.0f ms)",
                 self.stats.polls, len(snap.contexts),

@@ -27,6 +27,7 @@ from collector import catalog
 from collector.catalog import DEPARTED_STATE_SECONDS, OTHER
 from collector.snapshot import ContextSample, Snapshot
 from exporters.names import clean_text as label_value
+from exporters.textformat import TextFormatter
 
 
 def _version() -> str:
@@ -198,6 +199,8 @@ class SnapshotCollector(Collector):
         # and one snapshot is rendered once.
         self._lock = threading.Lock()
         self._cache: tuple[Snapshot | None, bytes] | None = None
+        # generate_latest's output; each keeps the series of its last rendering
+        self._text, self._live_text = TextFormatter(), TextFormatter()
 
     def describe(self) -> list[Metric]:
         """The families, empty: registration needs no snapshot and no walk."""
@@ -221,10 +224,8 @@ class SnapshotCollector(Collector):
             snap = self.get_snapshot()
             cached = self._cache
             if cached is None or cached[0] is not snap:  # `is`: the cache holds it alive
-                cached = self._cache = (snap, generate_latest(_Families(
-                    self._snapshot_families(snap))))
-        return [cached[1],
-                generate_latest(_Families(self._live_families(self.get_self_metrics())))]
+                cached = self._cache = (snap, self._text.render(self._snapshot_families(snap)))
+        return [cached[1], self._live_text.render(self._live_families(self.get_self_metrics()))]
 
     def _snapshot_families(self, snap: Snapshot | None) -> list[Metric]:
         fams = {name: _new_family(name) for name in FAMILIES if name not in LIVE_FAMILIES}
