@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from .catalog import MEMORY_ANON, MEMORY_FILE
-from .procfs import CLK_TCK, ErrorCounts, ParseError, ProcStat
+from .kernfile import HeldFiles, held_files_budget, read_text
+from .procfs import ABSURD, CLK_TCK, ErrorCounts, ParseError, ProcStat
 from .snapshot import LimitRow
 from .source import ContextIdentity, KernelAccounting, Source
 
@@ -322,9 +323,11 @@ def parse_flat_keyed(text: str) -> dict[str, int]:
         if len(f) != 2:
             raise ParseError(f"expected 'key value', got {line!r}")
         try:
-            out[f[0]] = int(f[1])
+            v = out[f[0]] = int(f[1])
         except ValueError:
             raise ParseError(f"non-numeric value in {line!r}") from None
+        if not 0 <= v < ABSURD:
+            raise ParseError(f"negative or absurd value in {line[:80]!r}")
     return out
 
 
@@ -349,9 +352,12 @@ def parse_cpuacct_stat(text: str, hz: int = CLK_TCK) -> tuple[float, float]:
 def parse_int(text: str) -> int:
     """A file holding one integer (memory.current, cpuacct.usage_user ...)."""
     try:
-        return int(text.strip())
+        v = int(text.strip())
     except ValueError:
         raise ParseError(f"expected an integer, got {text.strip()[:40]!r}") from None
+    if not 0 <= v < ABSURD:
+        raise ParseError(f"negative or absurd value {text.strip()[:40]!r}")
+    return v
 
 
 def parse_limit(text: str) -> int | None:
@@ -389,8 +395,7 @@ class _Gone(Exception):
 def _read(path: str) -> str:
     """Read a small kernel file; raise _Gone when it vanished, OSError otherwise."""
     try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "surrogateescape")
+        return read_text(path)
     except OSError as e:
         if e.errno in _GONE:
             raise _Gone(path) from None
@@ -447,6 +452,26 @@ def _v1_dir(cgroup_root: str, hierarchy: str) -> str | None:
     return None
 
 
+def _on_cgroupfs(paths: Iterable[str], mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """Whether every path is inside a mounted cgroup or cgroup2 file system (a live
+    hierarchy, whose files may be held open), not a recorded copy."""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    mounts = []
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        if sep and right.split()[:1] in (["cgroup"], ["cgroup2"]):
+            mounts.append(left.split()[4].encode().decode("unicode_escape"))
+    for p in paths:
+        real = os.path.realpath(p)
+        if not any(real == m or real.startswith(m.rstrip("/") + "/") for m in mounts):
+            return False
+    return True
+
+
 def _is_live_proc(proc_root: str) -> bool:
     """Whether `proc_root` is this process's own /proc (cgroup.procs pids are ours)."""
     try:
@@ -494,6 +519,13 @@ class CgroupSource(Source):
             and _is_live_proc(proc_root)
         )
         self._proc_paths: dict[tuple[int, int], str | None] = {}
+        # Walking: the cgroups last seen with processes, whose cgroup.procs are re-read
+        # each poll (None: walk the whole hierarchy first).
+        self._known: set[str] | None = None
+        # Files read every poll (cgroup.procs, accounting), held open on a live hierarchy.
+        live = _is_live_proc(proc_root)
+        dirs = [d for d in (self.hierarchy_dir, *self.v1_dirs.values()) if d]
+        self._files = HeldFiles(held_files_budget(), hold=live and bool(dirs) and _on_cgroupfs(dirs))
         self._matches: dict[str, tuple[str, Rule, tuple[str, ...]] | None] = {}
         self._docker_names: dict[str, tuple[tuple[int, int], str | None]] = {}
 
@@ -527,7 +559,8 @@ class CgroupSource(Source):
     def assign(
         self, procs: Sequence[ProcStat], errors: ErrorCounts
     ) -> dict[ContextIdentity, list[ProcStat]]:
-        pid_paths = walk_hierarchy(self.hierarchy_dir, errors) if self.walk else {}
+        self._files.sweep()  # what the previous poll did not read belongs to nobody now
+        pid_paths = self._walk(errors) if self.walk else {}
         cache = self._proc_paths
         live_keys: set[tuple[int, int]] = set()
         # Group by path first (a str hashes once and caches it), then paths to
@@ -535,8 +568,18 @@ class CgroupSource(Source):
         by_path: dict[str, list[ProcStat]] = {}
         for p in procs:
             path = pid_paths.get(p.pid)
-            if path is None:
-                # Not walked, or missed by the walk (a zombie, or moved mid-walk).
+            if path is None and self.walk:
+                # Missed by the walk: in a cgroup not walked yet (new, or moved there),
+                # a zombie, or moved mid-walk. Its own file says where it is now.
+                try:
+                    path = self._read_pid_cgroup(p.pid, errors)
+                except _Gone:
+                    continue
+                if path is not None and self._known is not None:
+                    self._known.add(path)
+                path = path or ""
+            elif path is None:
+                # Not walked (a recorded tree): once per process life.
                 k = (p.pid, p.start)
                 live_keys.add(k)
                 if k in cache:
@@ -565,6 +608,45 @@ class CgroupSource(Source):
         for path in self._matches.keys() - idents.keys():
             del self._matches[path]
         return groups
+
+    def _walk(self, errors: ErrorCounts) -> dict[int, str]:
+        """pid -> cgroup path from cgroup.procs: the whole hierarchy at first, then the
+        cgroups that had processes (held open, re-read with pread). Processes that
+        appear elsewhere are found through their own cgroup file, and their cgroup
+        is read from then on; a cgroup found empty or gone is dropped."""
+        known = self._known
+        if known is None:
+            out = walk_hierarchy(self.hierarchy_dir, errors)
+            self._known = set(out.values())
+            return out
+        out: dict[int, str] = {}
+        base = self.hierarchy_dir
+        read = self._files.read
+        for rel in list(known):
+            path = f"{base}/{rel}/cgroup.procs" if rel else f"{base}/cgroup.procs"
+            try:
+                pids = [int(x) for x in read(path).split()]
+            except OSError as e:
+                known.discard(rel)
+                # A threaded cgroup refuses cgroup.procs (its processes are listed at
+                # the thread root); a removed one is simply gone.
+                if e.errno not in _GONE and e.errno != errno.EOPNOTSUPP:
+                    errors[SOURCE_NAME] += 1
+                    log.debug("%s: %s", path, e.strerror)
+                continue
+            except ValueError:
+                known.discard(rel)
+                errors[SOURCE_NAME] += 1
+                log.debug("%s: non-numeric pid", path)
+                continue
+            if not pids:
+                known.discard(rel)
+            for pid in pids:
+                out.setdefault(pid, rel)  # moved mid-walk: the first seen wins
+        return out
+
+    def close(self) -> None:
+        self._files.close()
 
     def _read_pid_cgroup(self, pid: int, errors: ErrorCounts) -> str | None:
         """The pid's cgroup path in our hierarchy; None (host) when unreadable."""
@@ -650,16 +732,19 @@ class CgroupSource(Source):
         return KernelAccounting(cpu_user_seconds=user, cpu_system_seconds=system,
                                 limits=tuple(limits), figures=self._figures(path, errors))
 
-    @staticmethod
-    def _file(path: str, parse, errors: ErrorCounts, missing_ok: bool = True):
+    def _file(self, path: str, parse, errors: ErrorCounts, missing_ok: bool = True):
         """Read and parse one file. Missing -> None (or _Gone); bad -> counted, None."""
         try:
-            return parse(_read(path))
-        except _Gone:
-            if missing_ok:
-                return None
-            raise
-        except (OSError, ParseError) as e:
+            return self._files.parsed(path, parse)
+        except OSError as e:
+            if e.errno in _GONE:
+                if missing_ok:
+                    return None
+                raise _Gone(path) from None
+            errors[SOURCE_NAME] += 1
+            log.debug("%s: %s", path, e.strerror or e)
+            return None
+        except ParseError as e:
             errors[SOURCE_NAME] += 1
             log.debug("%s: %s", path, e)
             return None
@@ -670,10 +755,10 @@ class CgroupSource(Source):
 
     def _v1_cpu(self, d: str, errors: ErrorCounts) -> tuple[float | None, float | None]:
         try:
-            user = parse_int(_read(os.path.join(d, "cpuacct.usage_user")))
-            system = parse_int(_read(os.path.join(d, "cpuacct.usage_sys")))
+            user = self._files.parsed(os.path.join(d, "cpuacct.usage_user"), parse_int)
+            system = self._files.parsed(os.path.join(d, "cpuacct.usage_sys"), parse_int)
             return user / 1e9, system / 1e9
-        except (_Gone, OSError, ParseError):
+        except (OSError, ParseError):
             pass  # older kernels: no usage_user/usage_sys, use cpuacct.stat
         cpu = self._file(os.path.join(d, "cpuacct.stat"), parse_cpuacct_stat, errors,
                          missing_ok=False)

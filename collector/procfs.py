@@ -17,6 +17,7 @@ import resource
 from collections import Counter
 from typing import NamedTuple
 
+from . import kernfile
 from .snapshot import InterfaceSample
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,11 @@ class ParseError(ValueError):
     """A /proc file that does not have the layout its kernel documents."""
 
 
+# No time, size or count in a kernel file comes near 2**63 (ticks: 2.9e9 years at
+# 100 Hz); a value at or past it, or below zero, is a corrupt or forged file.
+ABSURD = 1 << 63
+
+
 def parse_stat(pid: int, data: bytes) -> ProcStat:
     """Parse one `<pid>/stat` line.
 
@@ -57,12 +63,15 @@ def parse_stat(pid: int, data: bytes) -> ProcStat:
     if len(f) < 22:
         raise ParseError(f"truncated: {len(f) + 2} fields")
     try:
-        return ProcStat(
+        p = ProcStat(
             pid, int(f[19]), int(f[11]), int(f[12]), int(f[13]), int(f[14]),
             int(f[17]), int(f[20]), int(f[21]),
         )
     except ValueError as e:
         raise ParseError(f"non-numeric field: {e}") from None
+    if any(not 0 <= v < ABSURD for v in p[1:]):
+        raise ParseError("negative or absurd value")
+    return p
 
 
 def parse_uptime(text: str) -> float:
@@ -98,15 +107,23 @@ def parse_net_dev(text: str) -> tuple[list[InterfaceSample], int]:
         except ValueError:
             bad += 1
             continue
+        if min(n) < 0 or max(n) >= 1 << 64:  # the kernel's counters are u64
+            bad += 1
+            continue
         out.append(InterfaceSample(name, n[0], n[1], n[2], n[3], n[8], n[9], n[10], n[11]))
     return out, bad
 
 
-def read_text(path: str) -> str:
+# `net/dev` may list thousands of interfaces (~130 bytes each); more than this is
+# refused rather than read whole every poll.
+NET_DEV_CAP = 4 << 20
+
+
+def read_text(path: str, cap: int = kernfile.DEFAULT_CAP) -> str:
     """Read a whole small kernel file as text: UTF-8, with bytes that are not kept
-    as surrogate escapes (never a decode error, and names stay reversible)."""
-    with open(path, "rb") as f:
-        return f.read().decode("utf-8", "surrogateescape")
+    as surrogate escapes (never a decode error, and names stay reversible). Only a
+    regular file, opened without blocking, of at most `cap` bytes (see kernfile)."""
+    return kernfile.read_text(path, cap)
 
 
 def raise_fd_limit(want_at_least: int = 1 << 16) -> int:
@@ -149,14 +166,15 @@ class ProcessScanner:
     """Lists `<proc_root>` and reads every process's stat file, holding the files open.
 
     At most `max_open` files are held (by default the fd limit less a reserve for
-    sockets and RRD files); beyond that, files are opened, read and closed each poll.
+    sockets and RRD files and the sources' share, `kernfile.held_files_budget`); beyond that, files are opened, read and closed each poll.
     """
 
     def __init__(self, proc_root: str = "/proc", max_open: int | None = None):
         self.proc_root = proc_root
         if max_open is None:
             soft = raise_fd_limit()
-            max_open = max(0, soft - max(256, soft // 10))
+            # a reserve for sockets and RRD files, and the sources' held files
+            max_open = max(0, soft - max(256, soft // 10) - soft // 4)
         self.max_open = max_open
         self._fds: dict[int, int] = {}
 
@@ -181,6 +199,7 @@ class ProcessScanner:
         kept: dict[int, int] = {}
         max_open = self.max_open
         pread = os.pread
+        open_regular = kernfile.open_regular
         new = tuple.__new__
         procs: list[ProcStat] = []
         append = procs.append
@@ -206,7 +225,7 @@ class ProcessScanner:
                         fd = None
                 if fd is None:
                     try:
-                        fd = os.open(f"{root}/{name}/stat", os.O_RDONLY | os.O_CLOEXEC)
+                        fd = open_regular(f"{root}/{name}/stat")  # no FIFO, no blocking
                     except OSError as e:
                         if e.errno in _GONE:
                             vanished += 1
@@ -235,10 +254,16 @@ class ProcessScanner:
                 try:
                     if i < 0:
                         raise ValueError
-                    append(new(ProcStat, (
+                    p = new(ProcStat, (
                         pid, int(f[19]), int(f[11]), int(f[12]), int(f[13]), int(f[14]),
                         int(f[17]), int(f[20]), int(f[21]),
-                    )))
+                    ))
+                    # One test for all: the OR is negative if any value is, and has
+                    # bit 63 or above if any value does.
+                    x = p[1] | p[2] | p[3] | p[4] | p[5] | p[6] | p[7] | p[8]
+                    if x < 0 or x >> 63:
+                        raise ValueError
+                    append(p)
                 except (IndexError, ValueError):
                     errors += 1
                     try:

@@ -18,6 +18,7 @@ from .catalog import DEPARTED_STATE_SECONDS
 from .hostinfo import HostCapacity
 from .procfs import (
     CLK_TCK,
+    NET_DEV_CAP,
     PAGE_SIZE,
     ErrorCounts,
     ParseError,
@@ -257,7 +258,7 @@ class Sampler:
     @staticmethod
     def _net_dev(path: str, errors: ErrorCounts) -> list[InterfaceSample]:
         try:
-            ifaces, bad = parse_net_dev(read_text(path))
+            ifaces, bad = parse_net_dev(read_text(path, NET_DEV_CAP))
         except OSError as e:
             errors["net"] += 1
             log.debug("%s: %s", path, e)

@@ -12,14 +12,15 @@ whole host rooted at `x/fixture`, never escaping into the reader's own `/etc`.
 from __future__ import annotations
 
 import errno
-import gzip
+import zlib
 import logging
 import os
 import re
 import time
 from typing import Callable, Sequence
 
-from .procfs import PAGE_SIZE, ErrorCounts, ParseError, ProcStat, read_text
+from . import kernfile
+from .procfs import ABSURD, PAGE_SIZE, ErrorCounts, ParseError, ProcStat, read_text
 from .snapshot import LimitRow, SocketAccounting
 from .source import ContextIdentity, KernelAccounting, Source
 
@@ -100,6 +101,10 @@ def parse_limit(text: str, page_size: int = PAGE_SIZE) -> tuple[tuple[LimitRow, 
             res = m.group(1)
             cur, hi, hard, hits = (int(x) for x in m.groups()[1:])
             lo_v = soft = None  # type: ignore[assignment]
+        if cur < 0 or hits < 0 or (lo_v is not None and lo_v < 0) or max(
+                cur, hi, hard, hits, lo_v or 0, soft or 0) >= ABSURD:
+            bad += 1  # use and hits are never negative; -1 is only "unlimited"
+            continue
         if res in _PAGE_RESOURCES:
             unit, scale = "bytes", page_size
         elif res in _BYTE_RESOURCES:
@@ -144,8 +149,11 @@ def parse_sched(text: str, hz: int) -> tuple[float, float]:
         if not m:
             # A partial sum would make the counter jump back and forth.
             raise ParseError(f"sched: malformed cpu line {line!r}")
-        user += int(m.group(1))
-        system += int(m.group(2))
+        u, sy = int(m.group(1)), int(m.group(2))
+        if u >= ABSURD or sy >= ABSURD:
+            raise ParseError(f"sched: absurd value in {line[:80]!r}")
+        user += u
+        system += sy
         cpus += 1
     if not cpus:
         raise ParseError("sched: no 'cpu N:' lines")
@@ -179,9 +187,13 @@ def parse_cvirt(text: str) -> dict:
     try:
         if "BiasUptime" in kv:
             out["BiasUptime"] = float(kv["BiasUptime"])
+            if not 0 <= out["BiasUptime"] < float("inf"):  # float() takes nan, inf, -5
+                raise ValueError(f"BiasUptime {kv['BiasUptime'][:40]!r}")
         for k in _CVIRT_INTS:
             if k in kv:
                 out[k] = int(kv[k])
+                if not 0 <= out[k] < ABSURD:
+                    raise ValueError(f"{k} {kv[k][:40]!r}")
         if "loadavg" in kv:
             la = tuple(float(x) for x in kv["loadavg"].split())
             if len(la) != 3:
@@ -209,6 +221,8 @@ def parse_cacct(text: str) -> tuple[SocketAccounting, ...]:
         if not m:
             raise ParseError(f"cacct: malformed line {line!r}")
         n = [int(x) for x in m.groups()[1:]]
+        if max(n) >= ABSURD:
+            raise ParseError(f"cacct: absurd value in {line[:80]!r}")
         out.append(SocketAccounting(fam, n[0], n[1], n[2], n[3], n[4], n[5]))
     return tuple(out)
 
@@ -276,13 +290,12 @@ def resolve_in_root(root: str, path: str, max_links: int = MAX_SYMLINKS) -> str:
 
 
 def _read_small(host_path: str, limit: int) -> bytes | None:
-    """The file's bytes, or None if it cannot be read or holds `limit` bytes or more."""
+    """The file's bytes, or None if it cannot be read (or is no regular file) or
+    holds `limit` bytes or more."""
     try:
-        with open(host_path, "rb") as f:
-            data = f.read(limit)
+        return kernfile.read_file(host_path, cap=limit - 1)
     except OSError:
         return None
-    return data if len(data) < limit else None
 
 
 _RUN_XID_RE = re.compile(rb"\s*([+-]?\d+)")
@@ -371,11 +384,12 @@ def detect_kernel_hz(proc_root: str, root: str | None = None) -> int | None:
     """CONFIG_HZ from `<proc>/config.gz`, else `<root>/boot/config-<osrelease>`."""
     root = tree_root(proc_root) if root is None else root
     try:
-        with gzip.open(os.path.join(proc_root, "config.gz"), "rb") as f:
-            hz = parse_config_hz(f.read())
+        packed = kernfile.read_file(os.path.join(proc_root, "config.gz"), cap=1 << 20)
+        # bounded: a forged config.gz must not unpack into gigabytes
+        hz = parse_config_hz(zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(packed, 16 << 20))
         if hz:
             return hz
-    except (OSError, EOFError, ValueError):
+    except (OSError, EOFError, ValueError, zlib.error):
         pass
     try:
         release = read_text(os.path.join(proc_root, "sys", "kernel", "osrelease")).strip()
@@ -384,8 +398,8 @@ def detect_kernel_hz(proc_root: str, root: str | None = None) -> int | None:
     if not release or "/" in release or release in (".", ".."):
         return None
     try:
-        with open(resolve_in_root(root, f"/boot/config-{release}"), "rb") as f:
-            return parse_config_hz(f.read())
+        return parse_config_hz(kernfile.read_file(resolve_in_root(root, f"/boot/config-{release}"),
+                                                  cap=16 << 20))
     except OSError:
         return None
 
