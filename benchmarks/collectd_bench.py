@@ -118,6 +118,22 @@ class Contexts:
         self.names = [f"{PREFIX}{i:05d}.service" for i in range(n)]
         self.pids: list[int] = []
 
+    @staticmethod
+    def remove_leftovers() -> None:
+        """Empty ctxbench-* cgroups a killed run left behind (never one in use)."""
+        for parent in (V1_CPUACCT, v2_mount()):
+            for top in os.listdir(parent):
+                if not top.startswith("ctxbench-"):
+                    continue
+                top = os.path.join(parent, top)
+                try:
+                    for name in os.listdir(top):
+                        if os.path.isdir(os.path.join(top, name)):
+                            os.rmdir(os.path.join(top, name))
+                    os.rmdir(top)
+                except OSError:
+                    pass  # busy: another run's
+
     def create(self) -> None:
         for top in (self.v1, self.v2):
             os.mkdir(top)
@@ -154,16 +170,24 @@ class Contexts:
 # ------------------------------------------------------------------ the daemons
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the benchmark dies, even by SIGKILL (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
 class Child:
     """A daemon in the foreground, in its own session (Ctrl-C reaches only us), its
-    output in a log file; stopped with SIGTERM, then SIGKILL."""
+    output in a log file; stopped with SIGTERM, then SIGKILL, and sent SIGTERM by
+    the kernel should the benchmark die without cleaning up."""
 
     def __init__(self, argv: list[str], log_path: str, cwd: str | None = None):
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=cwd,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         self.pid = self.proc.pid
 
     def cpu(self) -> float:
@@ -580,6 +604,7 @@ def main() -> int:
     from collector.procfs import raise_fd_limit
 
     raise_fd_limit()  # collectd and ctxmon inherit it
+    Contexts.remove_leftovers()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     base = os.path.realpath(tempfile.mkdtemp(prefix="ctxmon-collectd-bench-"))
     sizes = [int(s) for s in args.sizes.split(",") if s]
