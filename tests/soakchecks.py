@@ -37,7 +37,7 @@ _STAT_FD = re.compile(r"/proc/\d+/stat$")
 
 def fd_census(pid: int | str = "self") -> dict[str, int]:
     """Open fds of a process (this one by default) by kind: `stat` (the scanner's held
-    /proc/<pid>/stat), `tcp-conn` (HTTP connections in flight), `tcp-listen`, `socket`,
+    /proc/<pid>/stat), `cgroup` (held cgroup files), `tcp-conn` (HTTP connections in flight), `tcp-listen`, `socket`,
     `pipe`, `file`, `other`."""
     tcp = _tcp_states(pid)
     kinds: Counter = Counter()
@@ -48,6 +48,8 @@ def fd_census(pid: int | str = "self") -> dict[str, int]:
             continue  # the fd listing itself, closed meanwhile
         if _STAT_FD.match(target):
             kinds["stat"] += 1
+        elif target.startswith("/sys/fs/cgroup/"):
+            kinds["cgroup"] += 1  # held accounting and cgroup.procs files: one set per cgroup
         elif target.startswith("socket:["):
             state = tcp.get(target[8:-1])
             kinds["socket" if state is None else "tcp-listen" if state == "0A" else "tcp-conn"] += 1
@@ -62,8 +64,8 @@ def fd_census(pid: int | str = "self") -> dict[str, int]:
 
 def steady_fds(census: dict[str, int]) -> int:
     """Fds that must not change over a soak: all but the held stat files (one per live
-    process) and HTTP connections in flight."""
-    return sum(n for kind, n in census.items() if kind not in ("stat", "tcp-conn"))
+    process), held cgroup files (a few per live cgroup) and HTTP connections in flight."""
+    return sum(n for kind, n in census.items() if kind not in ("stat", "cgroup", "tcp-conn"))
 
 
 _INFO = re.compile(r'^ctxmon_context_info\{context="((?:[^"\\]|\\.)*)"', re.MULTILINE)
