@@ -120,7 +120,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
 def cmd_graph(args: argparse.Namespace) -> int:
     from graphs.__main__ import run
 
-    return run(args)
+    return run(args, load_config(args.config))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

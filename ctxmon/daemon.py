@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -37,7 +36,6 @@ from .config import Config, ConfigError, load_config
 
 log = logging.getLogger("ctxmon.daemon")
 
-RENDER_TIME_FLOOR = 120.0  # seconds a graph rendering may always take
 
 
 @dataclass
@@ -103,6 +101,7 @@ def build_metrics_server(cfg: Config, daemon: "Daemon"):
         e.listen, registry, tls_cert=e.tls_cert or None,
         tls_key=e.tls_key or None, basic_auth=dict(e.basic_auth) or None,
         graphs_dir=_served_graphs(cfg),
+        graph_hook=daemon.graph_request if cfg.graphs.enabled else None,
     )
 
 
@@ -114,6 +113,18 @@ def build_alert_engine(cfg: Config):
 
     # The state lives with the daemon's other data, so a restart resumes it.
     return AlertEngine(cfg.alerts, state_path=os.path.join(cfg.rrd.dir, STATE_FILE))
+
+
+def build_renderer(cfg: Config):
+    """The graph renderer worker's handle (graphs.client); None when graphs are off."""
+    if not cfg.graphs.enabled:
+        return None
+    from graphs.client import Renderer
+    from graphs.settings import RenderSettings
+
+    renderer = Renderer(RenderSettings.from_config(cfg))
+    renderer.start()
+    return renderer
 
 
 def build_rrd_sink(cfg: Config):
@@ -135,8 +146,7 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._known: set[str] = set()
-        self._renderer: subprocess.Popen | None = None
-        self._renderer_started = 0.0
+        self.renderer = build_renderer(cfg)
         self.sampler = build_sampler(cfg)
         self.rrd = build_rrd_sink(cfg)
         self.alerts = build_alert_engine(cfg)
@@ -236,50 +246,16 @@ class Daemon:
             log.error("job %s failed: %s", event.job_id, event.exception)
 
     def render_graphs(self) -> None:
-        """Start `python -m graphs` in a child process, unless one still runs.
+        """Ask the renderer worker (a child: matplotlib never enters this process) for
+        a run; it kills and restarts a worker stuck past max(3 intervals, 120 s)."""
+        if self.renderer is not None:
+            self.renderer.periodic()
 
-        matplotlib never enters this process, and a renderer that hangs or crashes
-        cannot touch polling: it is only started, reaped and, past three intervals
-        (and at least RENDER_TIME_FLOOR), killed.
-        """
-        proc = self._renderer
-        if proc is not None:
-            code = proc.poll()
-            if code is None:
-                # A first run may spend a minute building matplotlib's font cache:
-                # killing it then would only make the next run start over.
-                limit = max(3 * self.cfg.graphs.interval, RENDER_TIME_FLOOR)
-                if time.monotonic() - self._renderer_started > limit:
-                    log.error("graph rendering ran for over %.0f s; killing it", limit)
-                    proc.kill()
-                    proc.wait()
-                else:
-                    log.warning("graph rendering still running; skipping this round")
-                    return
-            elif code:
-                log.warning("graph rendering exited with status %d", code)
-        import tempfile
-
-        from .config import config_to_json
-
-        # Isolated (-I: neither the working directory nor PYTHON* variables reach
-        # sys.path, so no graphs/ lying in the daemon's folder runs as root), started
-        # in "/", and given the config in force (validated, serialized into an
-        # unlinked private file on stdin) instead of the file, which may hold a
-        # config a SIGHUP was refused for.
-        try:
-            with tempfile.TemporaryFile() as spec:
-                spec.write(config_to_json(self.cfg).encode())
-                spec.seek(0)
-                self._renderer = subprocess.Popen(
-                    [sys.executable, "-I", "-m", "graphs", "--daemon-child", "--config-stdin"],
-                    stdin=spec, close_fds=True, cwd="/",
-                )
-        except OSError as e:
-            self._renderer = None
-            log.error("cannot start the graph renderer: %s", e)
-            return
-        self._renderer_started = time.monotonic()
+    def graph_request(self, rel: str) -> None:
+        """The HTTP hook: a context's page drawn on request (graphs.client)."""
+        renderer = self.renderer
+        if renderer is not None:
+            renderer.on_request(rel)
 
     def _schedule(self) -> None:
         interval = self.cfg.collector.interval
@@ -288,7 +264,7 @@ class Daemon:
             name="poll", replace_existing=True, next_run_time=_now_aware(),
             misfire_grace_time=max(1, int(interval)),
         )
-        if self.cfg.graphs.enabled and (self.cfg.source_path or self.config_path):
+        if self.cfg.graphs.enabled:
             g = self.cfg.graphs.interval
             # The first pages come soon after the first polls, not one interval later.
             first = min(g, 2 * interval + 5)
@@ -361,6 +337,11 @@ class Daemon:
                     if self.alerts is not None:
                         self.alerts.close()
                     self.alerts = build_alert_engine(new)
+            if new.graphs != old.graphs or new.rrd != old.rrd:
+                # The worker holds the settings it was started with: a new one for new ones.
+                renderer, self.renderer = self.renderer, build_renderer(new)
+                if renderer is not None:
+                    renderer.close()
             if new.exporter != old.exporter or _served_graphs(new) != _served_graphs(old):
                 self._restart_server(new, old)
             self.cfg = new
@@ -444,13 +425,8 @@ class Daemon:
             if self.alerts is not None:
                 self.alerts.close()  # gives queued notifications a few seconds
             self._hand_alerts_to_graphs(None)  # no banner claims what nobody evaluates
-            if self._renderer is not None and self._renderer.poll() is None:
-                self._renderer.terminate()
-                try:
-                    self._renderer.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self._renderer.kill()
-                    self._renderer.wait()
+            if self.renderer is not None:
+                self.renderer.close()
         log.info("stopped after %d polls", self.stats.polls)
         return 0
 

@@ -467,6 +467,12 @@ class _Exchange(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, parts, CONTENT_TYPE_PLAIN_0_0_4, send_body, headers)
 
     def _graph_file(self, rel: str, send_body: bool) -> None:
+        hook = self.app.graph_hook
+        if hook is not None:
+            try:  # may draw the page now; bounded by the hook's own timeout
+                hook(rel)
+            except Exception:
+                log.exception("graph hook failed")
         full = self.app.resolve_graph(rel)
         if full is None:
             self._not_found(send_body)
@@ -947,6 +953,7 @@ class MetricsServer:
         max_per_client: int = 128,
         header_timeout: float = 5.0,
         workers: int = 4,
+        graph_hook: Callable[[str], None] | None = None,
     ):
         if registry is None:
             raise ValueError("MetricsServer needs the registry to serve")
@@ -966,6 +973,11 @@ class MetricsServer:
         self.gzip = GzipPrefixCache()
         self.graphs_dir = graphs_dir
         self._graphs_root = os.path.realpath(graphs_dir) if graphs_dir else None
+        # Called with the (URL-encoded) path below /graphs/ before it is served, on an
+        # answering thread; it returns within its own timeout (graphs.client draws a
+        # context's missing or out-of-date page there, and lets fewer requests wait
+        # at once than there are answering threads, so /metrics always has one).
+        self.graph_hook = graph_hook
         self.request_timeout = request_timeout
         self.header_timeout = header_timeout
         self.max_connections = max_connections

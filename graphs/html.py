@@ -236,6 +236,20 @@ def index_page(host: str, period: str, plan: "Plan", figures: Mapping[str, "Cont
     return _page(title, f"ctxmon on {host_e}", _nav(period), "".join(parts), refresh, now, page_name(period))
 
 
+def waiting_page(host: str, now: int, first_graphs: int, step: int) -> str:
+    """The page at /graphs/ before the first graphs: when they will be drawn, and why
+    not sooner (a rate needs two polls, and the day graph a full row)."""
+    at = html.escape(time.strftime("%H:%M:%S", time.localtime(first_graphs)))
+    body = ("<section>\n<h2>No graphs yet</h2>\n"
+            f"<p>ctxmon started at {html.escape(time.strftime('%H:%M:%S', time.localtime(now)))}. "
+            f"The first graphs will be drawn at about <strong>{at}</strong>, once the RRD files "
+            f"hold data for the day graph (two polls for a rate, then a full {int(step)} s step). "
+            "This page reloads by itself.</p>\n</section>\n")
+    refresh = max(5, min(30, int(step)))
+    return _page(f"ctxmon on {esc(host)}", f"ctxmon on {esc(host)}", _nav("day"), body, refresh, now,
+                 page_name("day"))
+
+
 def _alert_context(alerts: "AlertState | None", entry: "ContextEntry") -> str | None:
     """The name the alerts know the context by: the one whose encoding is its folder
     (its decoded name may be cut short); its own name when no alert is about it."""

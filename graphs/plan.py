@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from exporters.names import decode_name
 from exporters.rrd import CONTEXT_KINDS, CTX_DIR, RrdFile
 
 from .legend import display_name
@@ -57,6 +58,27 @@ def _slug_of(rf: RrdFile) -> str:
 def _interface_slug(rf: RrdFile) -> str:
     base = os.path.basename(rf.path)[: -len(".rrd")]
     return base.split("-", 1)[1]
+
+
+def context_rrd_files(rrd_dir: str, slug: str) -> list[RrdFile]:
+    """The RRD files of the context whose folder is `slug` (none for a name the layout
+    cannot have made): one folder listed, whatever the number of contexts."""
+    # Until the RRD layout module offers this, exporters.rrd's own reading of a
+    # context folder is used, so that the naming rules stay in one place.
+    from exporters.rrd import _identify_in_context
+
+    try:
+        context = decode_name(slug)
+    except ValueError:
+        return []
+    folder = os.path.join(rrd_dir, CTX_DIR, slug)
+    try:
+        with os.scandir(folder) as it:
+            entries = [e for e in it if e.is_file(follow_symlinks=False)]
+    except OSError:
+        return []
+    found = [_identify_in_context(e.path, e.name, context) for e in entries]
+    return sorted((rf for rf in found if rf is not None), key=lambda rf: rf.path)
 
 
 def make_plan(files: Iterable[RrdFile]) -> Plan:

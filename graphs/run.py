@@ -7,6 +7,7 @@ so a browser never sees half a PNG.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -32,7 +33,8 @@ from .charts import TOP_N, ChartBuilder, ThresholdLine, threshold_lines
 from .data import Series, effective_step, load_series, request_step
 from .legend import display_name
 from .paint import Painter
-from .plan import ContextEntry, ContextFigures, GraphSpec, Plan, make_plan
+from .plan import ContextEntry, ContextFigures, GraphSpec, Plan, context_rrd_files, make_plan
+from .settings import RenderSettings
 
 log = logging.getLogger("ctxmon.graphs")
 
@@ -57,7 +59,7 @@ class BusyError(GraphError):
     """Another run holds the graphs folder."""
 
 
-# ------------------------------------------------------------------ files
+# ------------------------------------------------------------------ state
 
 
 def _load_state(path: str) -> dict[str, dict]:
@@ -72,6 +74,63 @@ def _load_state(path: str) -> dict[str, dict]:
     return graphs if isinstance(graphs, dict) else {}
 
 
+class StateStore:
+    """Which archive row each PNG shows, in one small file per folder: the host's
+    graphs in the graphs folder, each context's in its own folder.
+
+    A group is saved as soon as its graphs are drawn, so a run that is killed loses at
+    most the graph it was drawing, and the next run carries on where it stopped (what
+    is drawn and current is skipped). One file per context keeps each save small
+    whatever the number of contexts.
+    """
+
+    def __init__(self, graphs_dir: str):
+        self.graphs_dir = graphs_dir
+        self._groups: dict[str, dict[str, dict]] = {}
+        self._dirty: set[str] = set()
+
+    @staticmethod
+    def group_of(png: str) -> str:
+        """"" for the host's graphs, the context's folder name for a context's."""
+        parts = png.split("/")
+        return parts[1] if len(parts) == 3 and parts[0] == CTX_DIR else ""
+
+    def path(self, group: str) -> str:
+        if not group:
+            return os.path.join(self.graphs_dir, STATE_FILE)
+        return os.path.join(self.graphs_dir, CTX_DIR, group, STATE_FILE)
+
+    def _group(self, group: str) -> dict[str, dict]:
+        if group not in self._groups:
+            self._groups[group] = _load_state(self.path(group))
+        return self._groups[group]
+
+    def get(self, png: str) -> dict | None:
+        value = self._group(self.group_of(png)).get(png)
+        return value if isinstance(value, dict) else None
+
+    def set(self, png: str, value: dict) -> None:
+        group = self.group_of(png)
+        self._group(group)[png] = value
+        self._dirty.add(group)
+
+    def keep_only(self, group: str, known: set[str]) -> None:
+        entries = self._group(group)
+        stale = [k for k in entries if k not in known]
+        for k in stale:
+            del entries[k]
+        if stale:
+            self._dirty.add(group)
+
+    def save(self, group: str | None = None) -> None:
+        """Write the changed groups (or just `group`)."""
+        for g in sorted(self._dirty if group is None else self._dirty & {group}):
+            data = json.dumps({"version": STATE_VERSION, "graphs": self._groups[g]}, sort_keys=True,
+                              indent=0)
+            write_atomic(self.path(g), data.encode("utf-8"))
+            self._dirty.discard(g)
+
+
 # ------------------------------------------------------------------- a run
 
 
@@ -83,95 +142,225 @@ class RunResult:
     pages: int = 0
     removed: int = 0  # files of departed contexts and interfaces
     unreadable: int = 0  # RRD files that could not be read (logged; graphs drawn without them)
+    left: int = 0  # graphs not looked at: the run's time budget was spent (next run goes on)
+
+    def add(self, other: "RunResult") -> None:
+        for f in ("rendered", "skipped", "failed", "pages", "removed", "unreadable", "left"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
 
 
 class GraphRun:
-    """One rendering pass over the RRD folder into the graphs folder."""
+    """Rendering into the graphs folder: a whole pass (`run`), or one context's page of
+    one period (`context_page`, what the daemon's worker draws on request).
 
-    def __init__(self, cfg, painter: Painter | None = None, top: int = TOP_N,
+    Every piece of work holds the graphs folder's lock (flock on LOCK_FILE), so the
+    daemon's worker and `ctxmon graph` never draw the same files at once.
+    """
+
+    def __init__(self, settings, painter: Painter | None = None, top: int = TOP_N,
                  clock: Callable[[], float] = time.time):
-        self.cfg = cfg
-        # The path the sink writes by (it resolves symlinks): rrdcached knows files by it.
-        self.rrd_dir = os.path.realpath(cfg.rrd.dir)
-        self.graphs_dir = cfg.graphs.dir
-        self.daemon = cfg.rrd.daemon or None
-        self.pdp_step = int(cfg.rrd.step)
+        if not isinstance(settings, RenderSettings):  # a validated ctxmon Config
+            p = painter or Painter()
+            settings = RenderSettings.from_config(settings, p.width, p.height)
+        self.settings = settings
+        self.rrd_dir = settings.rrd_dir
+        self.graphs_dir = settings.graphs_dir
+        self.daemon = settings.rrd_daemon
+        self.pdp_step = settings.rrd_step
         self.layout = rra_layout(self.pdp_step)
-        self.painter = painter or Painter()
+        self.painter = painter or Painter(settings.width, settings.height)
         self.top = top
         self.clock = clock
         self.alerts: AlertState = NO_ALERTS  # read from the graphs folder at each run
         self._levels: dict[str, tuple] = {}  # context folder -> its alert levels
 
-    def run(self, periods: Sequence[str] = PERIODS, context: str | None = None, force: bool = False,
-            progress: Callable[[int, int], None] | None = None) -> RunResult:
+    # -- the lock
+
+    @contextlib.contextmanager
+    def locked(self, wait: bool | float = False, on_wait: Callable[[], None] | None = None):
+        """Hold the graphs folder's lock. `wait`: False refuses at once (BusyError),
+        True waits as long as it takes, a number waits that many seconds at most."""
         os.makedirs(self.graphs_dir, exist_ok=True)
         lock = open(os.path.join(self.graphs_dir, LOCK_FILE), "a")
         try:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise BusyError(f"another rendering is running in {self.graphs_dir}") from None
-            return self._run(periods, context, force, progress)
+            deadline = None if wait is True else time.monotonic() + (float(wait) if wait else 0.0)
+            told = False
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise BusyError(f"another rendering is running in {self.graphs_dir}") from None
+                    if not told and on_wait is not None:
+                        on_wait()
+                        told = True
+                    time.sleep(0.05)
+            yield
         finally:
             lock.close()
 
-    def _run(self, periods, context, force, progress) -> RunResult:
+    # -- a whole pass
+
+    def run(self, periods: Sequence[str] = PERIODS, context: str | None = None, force: bool = False,
+            progress: Callable[[int, int], None] | None = None, *, alerting_only: bool = False,
+            budget: float | None = None, between: Callable[[], None] | None = None,
+            wait: bool | float = False, on_wait: Callable[[], None] | None = None) -> RunResult:
+        """Draw what changed. `context`: only that context's graphs and pages.
+        `alerting_only`: the host's graphs and pages, and the contexts with a pending or
+        firing alert (the daemon's periodic run; other contexts are drawn on request).
+        `budget`: seconds after which no new graph is started (what is left is counted,
+        and the next run carries on). `between`: called between two graphs (the worker
+        answers page requests there)."""
+        with self.locked(wait, on_wait):
+            return self._run(periods, context, force, progress, alerting_only, budget, between)
+
+    def _run(self, periods, context, force, progress, alerting_only, budget, between) -> RunResult:
         result = RunResult()
+        deadline = None if budget is None else time.monotonic() + budget
         now = int(self.clock())
-        self.alerts = read_alert_state(self.graphs_dir)
-        self._levels = {encode_name(name): levels for name, levels in self.alerts.levels.items()}
+        self._read_alerts()
         files = list_rrd_files(self.rrd_dir)
         plan = make_plan(files)
         if context is not None:
             wanted = [c for c in plan.contexts if c.name == context or c.slug == encode_name(context)]
             if not wanted:
                 raise UnknownContextError(f"no RRD files for context {display_name(context)!r} in {self.rrd_dir}")
-            specs = [s for c in wanted for s in plan.context_specs[c.slug]]
+        elif alerting_only:
+            alerting = {encode_name(a.context) for a in self.alerts.alerts}
+            wanted = [c for c in plan.contexts if c.slug in alerting]
         else:
             wanted = plan.contexts
-            specs = plan.all_specs()
+        host_specs = plan.host_specs if context is None else []
         last = self._last_updates(files)
-        state_path = os.path.join(self.graphs_dir, STATE_FILE)
-        state = _load_state(state_path)
+        state = StateStore(self.graphs_dir)
         builder = ChartBuilder(self.painter.plot_width, self.daemon, self.top)
-        jobs = [(spec, period) for spec in specs for period in periods]
-        for done, (spec, period) in enumerate(jobs, start=1):
-            try:
-                self._one(spec, period, now, last, state, builder, force, result)
-            except Exception as e:  # one graph's failure never stops the others
-                result.failed += 1
-                log.warning("%s failed: %s", spec.png(period), e)
-                log.debug("graphs: %s failed", spec.png(period), exc_info=True)
-            if progress is not None:
-                progress(done, len(jobs))
-        result.unreadable = builder.errors
-        figures = self.figures(wanted, now)
-        host = socket.gethostname()
-        refresh = max(10, int(self.cfg.graphs.interval))
-        size = (self.painter.width, self.painter.height)
-        exists = lambda rel: os.path.exists(os.path.join(self.graphs_dir, rel))  # noqa: E731
-        alerts = self.alerts
-        for period in PERIODS:
-            if context is None:
-                page = html.index_page(host, period, plan, figures, refresh, exists, now, size, alerts)
+        total = (len(host_specs) + sum(len(plan.context_specs[c.slug]) for c in wanted)) * len(periods)
+        done = 0
+
+        def over() -> bool:
+            # At least one graph is drawn whatever the budget: every run makes progress.
+            return (deadline is not None and time.monotonic() > deadline
+                    and result.rendered + result.failed > 0)
+
+        # The host's graphs first, then its pages: the overview is current even when
+        # the budget runs out among the contexts.
+        for period in periods:
+            for spec in host_specs:
+                if over():
+                    result.left += 1
+                    continue
+                self._try_one(spec, period, now, last, state, builder, force, result)
+                state.save("")
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+                if between is not None:
+                    between()
+        if context is None:
+            figures = self.figures(plan.contexts, now)
+            for period in PERIODS:
+                page = html.index_page(socket.gethostname(), period, plan, figures, self._refresh(),
+                                       self._exists, now, self._size(), self.alerts)
                 write_atomic(os.path.join(self.graphs_dir, html.page_name(period)), page.encode("utf-8"))
                 result.pages += 1
-            for c in wanted:
-                page = html.context_page(host, period, c, plan.context_specs[c.slug], figures.get(c.slug),
-                                         refresh, exists, now, size, alerts)
-                path = os.path.join(self.graphs_dir, CTX_DIR, c.slug, html.page_name(period))
-                write_atomic(path, page.encode("utf-8"))
-                result.pages += 1
-        if context is None:
             result.removed = self._remove_departed(plan)
-            known = {spec.png(p) for spec in plan.all_specs() for p in PERIODS}
-            state = {k: v for k, v in state.items() if k in known}
-        data = json.dumps({"version": STATE_VERSION, "graphs": state}, sort_keys=True, indent=0)
-        write_atomic(state_path, data.encode("utf-8"))
+            state.keep_only("", {spec.png(p) for spec in plan.host_specs for p in PERIODS})
+            state.save("")
+        for c in wanted:
+            specs = plan.context_specs[c.slug]
+            drawn = False
+            for period in periods:
+                if over():
+                    result.left += len(specs)
+                    continue
+                self._draw_context(c, specs, period, now, last, state, builder, force, result)
+                drawn = True
+                done += len(specs)
+                if progress is not None:
+                    progress(done, total)
+                if between is not None:
+                    between()
+            if drawn:
+                self._write_context_pages(c, specs, PERIODS, now, result)
+        if result.left:
+            log.info("time budget of %.0f s spent: %d graphs left for the next run", budget, result.left)
+        result.unreadable = builder.errors
         return result
 
-    def _one(self, spec: GraphSpec, period: str, now: int, last: dict[str, int], state: dict,
+    def _draw_context(self, c: ContextEntry, specs: Sequence[GraphSpec], period: str, now: int,
+                      last: dict[str, int], state: "StateStore", builder: ChartBuilder, force: bool,
+                      result: RunResult) -> None:
+        for spec in specs:
+            self._try_one(spec, period, now, last, state, builder, force, result)
+        state.keep_only(c.slug, {spec.png(p) for spec in specs for p in PERIODS})
+        state.save(c.slug)
+
+    def _write_context_pages(self, c: ContextEntry, specs: Sequence[GraphSpec], periods: Sequence[str],
+                             now: int, result: RunResult) -> None:
+        figures = self.figures([c], now).get(c.slug)
+        for period in periods:
+            page = html.context_page(socket.gethostname(), period, c, specs, figures, self._refresh(),
+                                     self._exists, now, self._size(), self.alerts)
+            write_atomic(os.path.join(self.graphs_dir, CTX_DIR, c.slug, html.page_name(period)),
+                         page.encode("utf-8"))
+            result.pages += 1
+
+    # -- one context's page, on request
+
+    def context_page(self, slug: str, period: str, wait: bool | float = 10.0) -> RunResult:
+        """Draw what is missing or out of date of one context's page of one period
+        (`slug` is its folder name). UnknownContextError when it has no RRD files."""
+        with self.locked(wait):
+            return self.draw_context_page(slug, period)
+
+    def draw_context_page(self, slug: str, period: str) -> RunResult:
+        """context_page for a caller that holds the lock already (the worker, between
+        two graphs of a run)."""
+        if period not in PERIODS:
+            raise GraphError(f"no such period {period!r}")
+        files = context_rrd_files(self.rrd_dir, slug)
+        if not files:
+            raise UnknownContextError(f"no RRD files for context folder {display_name(slug)!r}")
+        plan = make_plan(files)
+        entry = plan.contexts[0]
+        self._read_alerts()
+        result = RunResult()
+        builder = ChartBuilder(self.painter.plot_width, self.daemon, self.top)
+        specs = plan.context_specs[entry.slug]
+        now = int(self.clock())
+        self._draw_context(entry, specs, period, now, self._last_updates(files), StateStore(self.graphs_dir),
+                           builder, False, result)
+        page = os.path.join(self.graphs_dir, CTX_DIR, entry.slug, html.page_name(period))
+        if result.rendered or not os.path.exists(page):
+            self._write_context_pages(entry, specs, (period,), now, result)
+        result.unreadable = builder.errors
+        return result
+
+    # -- pieces
+
+    def _read_alerts(self) -> None:
+        self.alerts = read_alert_state(self.graphs_dir)
+        self._levels = {encode_name(name): levels for name, levels in self.alerts.levels.items()}
+
+    def _refresh(self) -> int:
+        return max(10, int(self.settings.interval))
+
+    def _size(self) -> tuple[int, int]:
+        return (self.painter.width, self.painter.height)
+
+    def _exists(self, rel: str) -> bool:
+        return os.path.exists(os.path.join(self.graphs_dir, rel))
+
+    def _try_one(self, spec, period, now, last, state, builder, force, result) -> None:
+        try:
+            self._one(spec, period, now, last, state, builder, force, result)
+        except Exception as e:  # one graph's failure never stops the others
+            result.failed += 1
+            log.warning("%s failed: %s", spec.png(period), e)
+            log.debug("graphs: %s failed", spec.png(period), exc_info=True)
+
+    def _one(self, spec: GraphSpec, period: str, now: int, last: dict[str, int], state: "StateStore",
              builder: ChartBuilder, force: bool, result: RunResult) -> None:
         png = spec.png(period)
         full = os.path.join(self.graphs_dir, png)
@@ -188,7 +377,7 @@ class GraphRun:
         lines = self.threshold_lines(spec)
         signature = self._signature(spec, period, lines)
         previous = state.get(png)
-        if (not force and isinstance(previous, dict) and previous.get("row") == row
+        if (not force and previous is not None and previous.get("row") == row
                 and previous.get("sig") == signature and os.path.exists(full)):
             result.skipped += 1
             return
@@ -198,7 +387,7 @@ class GraphRun:
             return
         chart.thresholds = lines
         write_atomic(full, self.painter.paint(chart, period))
-        state[png] = {"row": row, "sig": signature}
+        state.set(png, {"row": row, "sig": signature})
         result.rendered += 1
 
     def threshold_lines(self, spec: GraphSpec) -> list[ThresholdLine]:
@@ -259,7 +448,7 @@ class GraphRun:
         more (archived); only names this module writes, only inside the graphs folder."""
         removed = 0
         ours = re.compile(r"(cpu|mem|tasks|net-[A-Za-z0-9_.%~=-]+)-(day|week|month|year)\.png"
-                          r"|index\.html|week\.html|month\.html|year\.html")
+                          r"|index\.html|week\.html|month\.html|year\.html|" + re.escape(STATE_FILE))
         ctx_root = os.path.join(self.graphs_dir, CTX_DIR)
         current = set(plan.context_specs)
         try:
@@ -276,7 +465,7 @@ class GraphRun:
             for f in os.scandir(entry.path):
                 if f.is_file(follow_symlinks=False) and ours.fullmatch(f.name):
                     os.unlink(f.path)
-                    removed += 1
+                    removed += f.name != STATE_FILE  # graphs and pages are counted
             try:
                 os.rmdir(entry.path)
             except OSError:

@@ -655,10 +655,10 @@ def test_rrdcached_pending_updates_are_graphed(rrdcached):
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, str]:
-    from graphs.__main__ import main
+    from ctxmon.cli import main
 
     try:
-        code = main(argv)
+        code = main(["graph", *argv])
     except SystemExit as e:
         code = e.code
     return code, capsys.readouterr().err

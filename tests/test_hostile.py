@@ -5,7 +5,7 @@ in a network namespace), so they are made hostile here at their source: `/`, `..
 control characters, quotes, HTML, very long strings, bytes that are not UTF-8. After
 a real daemon run: every file written lies in the data folders under a safe name
 that decodes back to the name, `promtool check metrics` passes the scrape, and the
-pages `python -m graphs` draws show the names as text, never as markup.
+pages `ctxmon graph` draws show the names as text, never as markup.
 
 HTTP abuse against the daemon with basic auth (oversized headers, slowloris, path
 traversal on /graphs/, wrong credentials) gets clear status codes while polling
@@ -161,7 +161,7 @@ def check_files(data: str, names: list[str]) -> None:
 
 def run_graphs(cfg: str, tmp_path) -> None:
     env = dict(os.environ, MPLCONFIGDIR=str(tmp_path / "mpl"))
-    r = subprocess.run([sys.executable, "-m", "graphs", "-c", cfg, "--period", "day"],
+    r = subprocess.run([sys.executable, "-m", "ctxmon.cli", "graph", "-c", cfg, "--period", "day"],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
