@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 import rrdtool
 
-from exporters.rrd import RrdFile
+from exporters.rrdlayout import RrdFile
 
 from . import SPANS
 from .data import Series, add_series, align, load_series, mean_known, request_step, sum_known

@@ -34,9 +34,10 @@ from urllib.parse import unquote
 
 from exporters.files import write_atomic
 from exporters.names import decode_name
-from exporters.rrd import CTX_DIR
+from exporters import rrdlayout
 
 from . import PERIODS, html
+from .plan import PAGES_DIR
 from .settings import RenderSettings
 
 log = logging.getLogger("ctxmon.graphs")
@@ -55,7 +56,7 @@ def page_request(rel: str) -> tuple[str, str] | None:
     except UnicodeDecodeError:
         return None
     parts = path.split("/")
-    if len(parts) != 3 or parts[0] != CTX_DIR or len(path) > 1024:
+    if len(parts) != 3 or parts[0] != PAGES_DIR or len(path) > 1024:
         return None
     slug, name = parts[1], parts[2]
     m = _PAGE_FILE.fullmatch(name)
@@ -223,7 +224,11 @@ class Renderer:
         or {"ok": False, "error": ...} when busy, timed out or not a context."""
         if period not in PERIODS:
             return {"ok": False, "error": "no such period"}
-        if not os.path.isdir(os.path.join(self.settings.rrd_dir, CTX_DIR, slug)):
+        try:
+            folder = rrdlayout.context_dir(self.settings.rrd_dir, decode_name(slug))
+        except ValueError:  # not a name the layout can have made
+            folder = None
+        if folder is None or not os.path.isdir(folder):
             return {"ok": False, "error": "no such context"}
         with self._lock:
             key = ("page", slug, period)

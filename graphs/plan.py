@@ -4,16 +4,19 @@ what each is drawn from. Pure: it reads no file."""
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from exporters import rrdlayout
 from exporters.names import decode_name
-from exporters.rrd import CONTEXT_KINDS, CTX_DIR, RrdFile
+from exporters.rrdlayout import CONTEXT_KINDS, RrdFile
 
 from .legend import display_name
 
 NAN = math.nan
+# The graphs folder's own layout (pages and PNGs, as URLs show it): ctx/<folder>/...,
+# <folder> being the context's encoded name as the RRD layout gives it (RrdFile.slug).
+PAGES_DIR = "ctx"
 
 @dataclass(frozen=True, slots=True)
 class GraphSpec:
@@ -51,50 +54,33 @@ class Plan:
         return out
 
 
-def _slug_of(rf: RrdFile) -> str:
-    return os.path.basename(os.path.dirname(rf.path))
-
-
-def _interface_slug(rf: RrdFile) -> str:
-    base = os.path.basename(rf.path)[: -len(".rrd")]
-    return base.split("-", 1)[1]
-
-
 def context_rrd_files(rrd_dir: str, slug: str) -> list[RrdFile]:
     """The RRD files of the context whose folder is `slug` (none for a name the layout
     cannot have made): one folder listed, whatever the number of contexts."""
-    # Until the RRD layout module offers this, exporters.rrd's own reading of a
-    # context folder is used, so that the naming rules stay in one place.
-    from exporters.rrd import _identify_in_context
-
     try:
         context = decode_name(slug)
     except ValueError:
         return []
-    folder = os.path.join(rrd_dir, CTX_DIR, slug)
-    try:
-        with os.scandir(folder) as it:
-            entries = [e for e in it if e.is_file(follow_symlinks=False)]
-    except OSError:
-        return []
-    found = [_identify_in_context(e.path, e.name, context) for e in entries]
+    found = [rrdlayout.identify_context_file(e.path, e.name, context, slug)
+             for e in rrdlayout.scandir(rrdlayout.context_dir(rrd_dir, context))
+             if e.is_file(follow_symlinks=False)]
     return sorted((rf for rf in found if rf is not None), key=lambda rf: rf.path)
 
 
 def make_plan(files: Iterable[RrdFile]) -> Plan:
-    """The graphs for a set of RRD files (from exporters.rrd.list_rrd_files)."""
+    """The graphs for a set of RRD files (from exporters.rrdlayout.list_rrd_files)."""
     contexts: dict[str, ContextEntry] = {}
     host_ifs: list[tuple[str, str, RrdFile]] = []
     for rf in files:
         if rf.kind == "host-if":
-            host_ifs.append((rf.interface or "", _interface_slug(rf), rf))
+            host_ifs.append((rf.interface or "", rf.interface_slug or "", rf))
             continue
-        slug = _slug_of(rf)
+        slug = rf.slug or ""
         entry = contexts.setdefault(slug, ContextEntry(rf.context or "", slug))
         if rf.kind in CONTEXT_KINDS:
             entry.files[rf.kind] = rf
         elif rf.kind == "net":
-            entry.interfaces.append((rf.interface or "", _interface_slug(rf), rf))
+            entry.interfaces.append((rf.interface or "", rf.interface_slug or "", rf))
     ordered = sorted(contexts.values(), key=lambda c: (c.name, c.slug))
     host_ifs.sort(key=lambda x: (x[0], x[1]))
     host_specs = []
@@ -111,10 +97,10 @@ def make_plan(files: Iterable[RrdFile]) -> Plan:
         label = display_name(c.name)
         for kind, what in (("cpu", "CPU"), ("mem", "memory"), ("tasks", "processes")):
             if kind in c.files:
-                specs.append(GraphSpec(f"{CTX_DIR}/{c.slug}/{kind}", "ctx-" + kind, f"{label} {what}",
+                specs.append(GraphSpec(f"{PAGES_DIR}/{c.slug}/{kind}", "ctx-" + kind, f"{label} {what}",
                                        (c.files[kind],), c.name))
         for name, slug, rf in sorted(c.interfaces, key=lambda x: (x[0], x[1])):
-            specs.append(GraphSpec(f"{CTX_DIR}/{c.slug}/net-{slug}", "traffic",
+            specs.append(GraphSpec(f"{PAGES_DIR}/{c.slug}/net-{slug}", "traffic",
                                    f"{label} {display_name(name)} traffic", (rf,), c.name))
         context_specs[c.slug] = specs
     return Plan(ordered, host_ifs, host_specs, context_specs)

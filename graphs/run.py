@@ -24,7 +24,8 @@ import rrdtool
 
 from exporters.files import write_atomic
 from exporters.names import decode_name, encode_name
-from exporters.rrd import CTX_DIR, RrdFile, list_rrd_files, rra_layout
+from exporters.rrd import rra_layout
+from exporters.rrdlayout import RrdFile, list_rrd_files
 
 from . import PERIODS, SPANS, html
 from .alertstate import EMPTY as NO_ALERTS
@@ -33,7 +34,7 @@ from .charts import TOP_N, ChartBuilder, ThresholdLine, threshold_lines
 from .data import Series, effective_step, load_series, request_step
 from .legend import display_name
 from .paint import Painter
-from .plan import ContextEntry, ContextFigures, GraphSpec, Plan, context_rrd_files, make_plan
+from .plan import PAGES_DIR, ContextEntry, ContextFigures, GraphSpec, Plan, context_rrd_files, make_plan
 from .settings import RenderSettings
 
 log = logging.getLogger("ctxmon.graphs")
@@ -93,12 +94,12 @@ class StateStore:
     def group_of(png: str) -> str:
         """"" for the host's graphs, the context's folder name for a context's."""
         parts = png.split("/")
-        return parts[1] if len(parts) == 3 and parts[0] == CTX_DIR else ""
+        return parts[1] if len(parts) == 3 and parts[0] == PAGES_DIR else ""
 
     def path(self, group: str) -> str:
         if not group:
             return os.path.join(self.graphs_dir, STATE_FILE)
-        return os.path.join(self.graphs_dir, CTX_DIR, group, STATE_FILE)
+        return os.path.join(self.graphs_dir, PAGES_DIR, group, STATE_FILE)
 
     def _group(self, group: str) -> dict[str, dict]:
         if group not in self._groups:
@@ -302,7 +303,7 @@ class GraphRun:
         for period in periods:
             page = html.context_page(socket.gethostname(), period, c, specs, figures, self._refresh(),
                                      self._exists, now, self._size(), self.alerts)
-            write_atomic(os.path.join(self.graphs_dir, CTX_DIR, c.slug, html.page_name(period)),
+            write_atomic(os.path.join(self.graphs_dir, PAGES_DIR, c.slug, html.page_name(period)),
                          page.encode("utf-8"))
             result.pages += 1
 
@@ -331,7 +332,7 @@ class GraphRun:
         now = int(self.clock())
         self._draw_context(entry, specs, period, now, self._last_updates(files), StateStore(self.graphs_dir),
                            builder, False, result)
-        page = os.path.join(self.graphs_dir, CTX_DIR, entry.slug, html.page_name(period))
+        page = os.path.join(self.graphs_dir, PAGES_DIR, entry.slug, html.page_name(period))
         if result.rendered or not os.path.exists(page):
             self._write_context_pages(entry, specs, (period,), now, result)
         result.unreadable = builder.errors
@@ -392,7 +393,7 @@ class GraphRun:
 
     def threshold_lines(self, spec: GraphSpec) -> list[ThresholdLine]:
         """The alert levels drawn on `spec`'s graphs, from the alert state of this run."""
-        if spec.context is None or not spec.stem.startswith(CTX_DIR + "/"):
+        if spec.context is None or not spec.stem.startswith(PAGES_DIR + "/"):
             return []
         slug = spec.stem.split("/")[1]  # the context's folder: its full name, encoded
         return threshold_lines(spec, self._levels.get(slug, ()), self.alerts.host_cpus)
@@ -449,7 +450,7 @@ class GraphRun:
         removed = 0
         ours = re.compile(r"(cpu|mem|tasks|net-[A-Za-z0-9_.%~=-]+)-(day|week|month|year)\.png"
                           r"|index\.html|week\.html|month\.html|year\.html|" + re.escape(STATE_FILE))
-        ctx_root = os.path.join(self.graphs_dir, CTX_DIR)
+        ctx_root = os.path.join(self.graphs_dir, PAGES_DIR)
         current = set(plan.context_specs)
         try:
             entries = list(os.scandir(ctx_root))
