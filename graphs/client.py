@@ -255,6 +255,7 @@ class Renderer:
             return
         if not self._waiting.acquire(blocking=False):
             self.stats["busy"] += 1
+            self._write_drawing_page(*target)
             return  # served from what is on disk
         try:
             reply = self.page(*target)
@@ -262,6 +263,33 @@ class Renderer:
             self._waiting.release()
         if not reply.get("ok") and reply.get("error") not in ("no such context",):
             log.debug("graph page %s/%s: %s", target[0], target[1], reply.get("error"))
+            if reply.get("error") in ("timed out", "busy"):
+                self._write_drawing_page(*target)
+
+    def _write_drawing_page(self, slug: str, period: str) -> None:
+        """A page saying the graphs are being drawn, where the context's page does not
+        exist yet (never over one: the worker's page, written meanwhile, wins)."""
+        folder = os.path.join(self.settings.graphs_dir, PAGES_DIR, slug)
+        path = os.path.join(folder, html.page_name(period))
+        if os.path.exists(path):
+            return
+        try:
+            context = decode_name(slug)
+            if not os.path.isdir(rrdlayout.context_dir(self.settings.rrd_dir, context)):
+                return
+            page = html.drawing_page(socket.gethostname(), context, period, int(time.time()))
+            os.makedirs(folder, exist_ok=True)
+            tmp = os.path.join(folder, f".tmp-drawing-{os.getpid()}-{threading.get_ident()}")
+            with open(tmp, "wb") as f:
+                f.write(page.encode("utf-8"))
+            try:
+                os.link(tmp, path)  # fails when the real page is there by now
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
+        except (OSError, ValueError) as e:
+            log.debug("cannot write a drawing page for %s: %s", slug, e)
 
     # -- periodic runs
 

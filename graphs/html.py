@@ -250,6 +250,17 @@ def waiting_page(host: str, now: int, first_graphs: int, step: int) -> str:
                  page_name("day"))
 
 
+def drawing_page(host: str, context: str, period: str, now: int) -> str:
+    """A context's page while its graphs are being drawn on request (the renderer is
+    busy): it says so and reloads in a few seconds, instead of a 404."""
+    home = "../../" + page_name(period)
+    name_e = esc(context)
+    body = ('<section>\n<p class="missing">The graphs of this context are being drawn; '
+            "this page reloads by itself in a few seconds.</p>\n</section>\n")
+    heading = f'<a href="{home}">ctxmon on {esc(host)}</a> › {name_e}'
+    return _page(f"{name_e} – ctxmon on {esc(host)}", heading, _nav(period), body, 3, now, home)
+
+
 def _alert_context(alerts: "AlertState | None", entry: "ContextEntry") -> str | None:
     """The name the alerts know the context by: the one whose encoding is its folder
     (its decoded name may be cut short); its own name when no alert is about it."""

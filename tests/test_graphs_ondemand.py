@@ -268,11 +268,34 @@ def test_the_daemon_answers_graphs_at_once_and_draws_a_context_page_on_request(t
         time.sleep(0.2)
     time.sleep(3)  # a few rows at the 1 s step
     page = f"{base}ctx/{encode_name(name)}/"
-    status, ctype, body = get(page + "index.html")
-    assert status == 200 and ctype.startswith("text/html"), d.text()
-    assert b'src="cpu-day.png"' in body
+    deadline = time.monotonic() + 120
+    while True:  # drawn within the hook's wait, or a page saying it is being drawn
+        status, ctype, body = get(page + "index.html")
+        assert status == 200 and ctype.startswith("text/html"), d.text()
+        if b'src="cpu-day.png"' in body:
+            break
+        assert b"being drawn" in body and time.monotonic() < deadline, body
+        time.sleep(1)
     status, ctype, body = get(page + "cpu-day.png")
     assert status == 200 and ctype == "image/png" and body.startswith(b"\x89PNG")
     assert "matplotlib" not in open(f"/proc/{d.proc.pid}/maps").read()  # the worker's, not ours
     assert d.stop() == 0, d.text()
     assert "Traceback" not in d.text()
+
+
+def test_requests_past_max_waiting_are_served_from_disk_at_once(env):
+    """The HTTP server answers on a few threads: page requests never hold them all."""
+    r = Renderer(settings_of(env), page_timeout=60, max_waiting=1)
+    try:
+        assert r._waiting.acquire(blocking=False)  # one request is waiting already
+        t0 = time.monotonic()
+        r.on_request("ctx/web/index.html")
+        assert time.monotonic() - t0 < 1 and r.stats["busy"] == 1
+        page = os.path.join(env.graphs_dir, "ctx", "web", "index.html")
+        assert "being drawn" in open(page).read()  # not a 404
+        assert not os.path.exists(os.path.join(env.graphs_dir, "ctx", "web", "cpu-day.png"))
+        r._waiting.release()
+        r.on_request("ctx/web/index.html")
+        assert 'src="cpu-day.png"' in open(page).read()
+    finally:
+        r.close()
