@@ -149,7 +149,7 @@ def test_the_worker_runs_isolated_and_logs_with_timestamps(env, tmp_path):
 
 
 def test_a_periodic_run_draws_the_contexts_with_alerts(env):
-    from exporters.alerts import ALERT_STATE_FILE, ALERT_STATE_VERSION
+    from alerts.handoff import ALERT_STATE_FILE, ALERT_STATE_VERSION
 
     state = {"version": ALERT_STATE_VERSION, "host_cpus": 2, "thresholds": {}, "alerts": [
         {"alert": "HighCPU", "context": "db", "severity": "warning", "state": "pending", "metric": "cpu",
