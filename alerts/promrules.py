@@ -158,11 +158,14 @@ def _selector(name: str, matchers: list[str]) -> str:
 
 def value_expr(metric: str, of_limit: bool, matchers: list[str], window: float) -> str:
     """PromQL for a context's value of `metric`, as alerts.engine computes it."""
+    # The catalog's own label matchers pick the metric's part of its family
+    # (resource="cpu" of a family with several resources).
+    own = matchers + [f"{k}={quote(v)}" for k, v in catalog.ALERT_METRIC[metric].matchers]
     if metric in _GAUGE_SERIES:
-        expr = _selector(_GAUGE_SERIES[metric], matchers)
+        expr = _selector(_GAUGE_SERIES[metric], own)
     else:
         series, summed, factor = _COUNTER_SERIES[metric]
-        expr = (f"sum without({summed}) (rate({_selector(series, matchers)}"
+        expr = (f"sum without({summed}) (rate({_selector(series, own)}"
                 f"[{prom_duration(window)}])){factor}")
         if metric in _HOST_SHARE:
             expr = f"({expr} / ignoring(context) group_left() ctxmon_host_cpus)"

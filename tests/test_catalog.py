@@ -165,9 +165,29 @@ def test_the_daemons_scrape_has_each_family_once():
     cfg = dataclasses.replace(cfg, exporter=dataclasses.replace(cfg.exporter,
                                                                 listen="127.0.0.1:0"))
     snap = synthetic_snapshot()
-    daemon = types.SimpleNamespace(latest=snap, self_metrics=SelfMetrics, alerts=None)
+    daemon = types.SimpleNamespace(latest=snap, self_metrics=SelfMetrics, alerts=None,
+                                   graph_request=lambda *a, **k: None)
     server = build_metrics_server(cfg, daemon)
     text = b"".join(server.registry.exposition()).decode()
     types_ = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
     assert len(types_) == len(set(types_)), sorted(t for t in types_ if types_.count(t) > 1)
     assert "ctxmon_alert_firing" in types_ and "ctxmon_host_cpus" in types_
+
+
+def test_alert_metric_matchers_reach_the_promql(monkeypatch):
+    """An alert metric that is one label value of its family (one resource) selects
+    it in the generated rules."""
+    import dataclasses
+
+    from alerts import promrules
+
+    m = dataclasses.replace(catalog.ALERT_METRIC["limit_hits"], name="pids_hits",
+                            matchers=(("resource", "pids"),))
+    monkeypatch.setitem(catalog.ALERT_METRIC, "pids_hits", m)
+    monkeypatch.setitem(promrules._COUNTER_SERIES, "pids_hits",
+                        promrules._COUNTER_SERIES["limit_hits"])
+    expr = promrules.value_expr("pids_hits", False, ['context="web"'], 300)
+    assert expr == ('sum without(resource) (rate(ctxmon_context_limit_hits_total'
+                    '{context="web", resource="pids"}[5m]))')
+    plain = promrules.value_expr("limit_hits", False, ['context="web"'], 300)
+    assert "pids" not in plain
