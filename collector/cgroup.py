@@ -206,10 +206,14 @@ def compile_rules(specs: Iterable[Mapping[str, Any]] | None) -> list[Rule]:
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
         if ("glob" in spec) == ("regex" in spec):
-            raise ValueError(f"{where}: needs exactly one of glob or regex")
+            given = [k for k in ("glob", "regex") if k in spec]
+            raise ValueError(f"{where}: needs exactly one of glob or regex, got "
+                             + (" and ".join(given) or "neither"))
         kind = "glob" if "glob" in spec else "regex"
         text = spec[kind]
         template = spec.get("name")
+        if template is None:
+            raise ValueError(f'{where}: needs a name (a template like "{{1}}")')
         if not isinstance(text, str) or not text:
             raise ValueError(f"{where}: {kind} must be a non-empty string")
         if not isinstance(template, str) or not template:

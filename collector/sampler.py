@@ -28,7 +28,7 @@ from .procfs import (
     parse_uptime,
     read_text,
 )
-from .snapshot import ContextSample, InterfaceSample, Snapshot
+from .snapshot import ContextSample, InterfaceSample, Snapshot, unique_label
 from .source import ContextIdentity, KernelAccounting, Source
 from .traffic import TrafficAccounting
 
@@ -315,11 +315,7 @@ def _unique_labels(contexts: list[ContextSample]) -> list[ContextSample]:
         same.sort(key=lambda c: c.key)
         out.append(same[0])
         for c in same[1:]:
-            label, n = f"{c.label}~{c.ctx_id}", 2
-            while label in taken:  # a guest may really be called "x~40012"
-                label, n = f"{c.label}~{c.ctx_id}~{n}", n + 1
-            taken.add(label)
-            out.append(dataclasses.replace(c, name=label))
+            out.append(dataclasses.replace(c, name=unique_label(c.label, c.ctx_id, taken)))
     return out
 
 

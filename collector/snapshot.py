@@ -149,3 +149,15 @@ class Snapshot:
             if c.label == label:
                 return c
         return None
+
+
+def unique_label(label: str, ctx_id: str, taken: set[str]) -> str:
+    """The one rule that keeps two contexts from sharing a label (the sampler's, for
+    file names and series; the exporter's, for label values that collide after
+    cleaning): `label~ctx_id`, then `label~ctx_id~2`, ..., never one in `taken`,
+    which it joins."""
+    candidate, n = f"{label}~{ctx_id}", 2
+    while candidate in taken:  # a context may really be called "x~40012"
+        candidate, n = f"{label}~{ctx_id}~{n}", n + 1
+    taken.add(candidate)
+    return candidate

@@ -35,7 +35,6 @@ import logging
 import mimetypes
 import os
 import queue
-import re
 import secrets
 import selectors
 import socket
@@ -52,12 +51,13 @@ from urllib.parse import unquote, urlsplit
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
+from exporters.addresses import parse_listen
 from exporters.names import loggable
+from exporters.passwords import bcrypt_cost
 
 log = logging.getLogger("ctxmon.http")
 
 DEFAULT_LISTEN = "127.0.0.1:9717"
-_BCRYPT_HASH = re.compile(r"\$2[abxy]?\$(\d\d)\$[./A-Za-z0-9]{53}")
 HEAD_LIMIT = 64 * 1024  # request line + headers of one request, bytes
 HEAD_BUDGET = 16 * 1024 * 1024  # all heads being read together, bytes
 BCRYPT_MAX_BYTES = 72  # bcrypt (and htpasswd) use only the first 72 bytes
@@ -73,27 +73,6 @@ def _version() -> str:
         return __version__
     except ImportError:
         return "unknown"
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """`host:port` or `[v6addr]:port` -> (host, port). ValueError with a one-line message."""
-    text = listen.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":") or not host:
-            raise ValueError(f"listen address {listen!r}: expected [v6addr]:port")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep or not host:
-            raise ValueError(
-                f"listen address {listen!r}: expected host:port, e.g. {DEFAULT_LISTEN}"
-            )
-        if ":" in host:
-            raise ValueError(f"listen address {listen!r}: write IPv6 addresses as [addr]:port")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"listen address {listen!r}: port must be a number 0-65535")
-    return host, int(port_text)
 
 
 def accepts_gzip(accept_encoding: str | None) -> bool:
@@ -148,10 +127,10 @@ class BasicAuth:
         self.users: dict[str, bytes] = {}
         costs = []
         for user, hashed in users.items():
-            m = _BCRYPT_HASH.fullmatch(hashed or "")
-            if not m:
-                raise ValueError(f"basic auth user {user!r}: password is not a bcrypt hash")
-            costs.append(int(m.group(1)))
+            try:
+                costs.append(bcrypt_cost(hashed))
+            except ValueError as e:
+                raise ValueError(f"basic auth user {user!r}: {e}") from None
             self.users[user] = hashed.encode("ascii")
         if not self.users:
             raise ValueError("basic auth: no users")

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from collector import catalog
 from collector.catalog import DEPARTED_STATE_SECONDS, OTHER
-from collector.snapshot import ContextSample, Snapshot
+from collector.snapshot import ContextSample, Snapshot, unique_label
 from exporters.names import clean_text as label_value
 from exporters.textformat import TextFormatter
 
@@ -78,18 +78,14 @@ def unique_labels(contexts: Iterable[ContextSample], reserved: str | None = None
     The sampler already gives contexts distinct labels; two can still meet here when
     names differing only in non-UTF-8 bytes become the same label value, or when a
     context is called like the cap's `reserved` bucket. A label already taken gets the
-    context's short id appended, `name~id` as the sampler does, so two contexts never
-    make one series."""
+    context's short id appended by the sampler's own rule (collector.snapshot
+    .unique_label), so two contexts never make one series."""
     out: list[str] = []
     taken = {reserved} if reserved else set()
     for c in contexts:
         label = label_value(c.label)
         if label in taken:
-            base = f"{label}~{label_value(c.ctx_id)}"
-            label, n = base, 1
-            while label in taken:
-                n += 1
-                label = f"{base}.{n}"
+            label = unique_label(label, label_value(c.ctx_id), taken)
         taken.add(label)
         out.append(label)
     return out

@@ -27,7 +27,7 @@ def test_alerts_imports_no_ctxmon_and_no_one_outside_imports_it_backwards():
         for module, imported in _imports(package).items():
             bad = sorted(m for m in imported if m == "ctxmon" or m.startswith("ctxmon."))
             assert not bad, f"{module} imports {bad}"
-    config = imports_of(os.path.join(ROOT, "ctxmon", "config.py"), "ctxmon.config")
+    config = imports_of(os.path.join(ROOT, "ctxmon", "config", "loader.py"), "ctxmon.config.loader")
     assert "alerts.model" in config
 
 

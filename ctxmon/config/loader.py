@@ -1,9 +1,6 @@
-"""The TOML configuration: one file, validated into a frozen dataclass tree.
-
-Every problem is a `ConfigError` whose text is one line naming the file, the line
-and the key (`conf/ctxmon.toml:12: [collector] interval: must be at least 1s, got
-"500ms"`), so `ctxmon check-config` and the daemon can print it as is. Loading only
-reads: it creates no directory and writes no file.
+"""Loading: read the TOML file, validate every value into the schema's dataclasses,
+and turn every problem into a one-line ConfigError naming the file, the line and
+the key. Reading only: it creates no directory and writes no file.
 
 Relative paths in the file are resolved against the file's own directory, so a
 checkout's `conf/ctxmon.toml` can say `dir = "../var/rrd"` whatever the CWD.
@@ -12,16 +9,13 @@ checkout's `conf/ctxmon.toml` can say `dir = "../var/rrd"` whatever the CWD.
 from __future__ import annotations
 
 import difflib
-import importlib
-import ipaddress
 import json
 import math
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
-from types import MappingProxyType, ModuleType
-from typing import Any, Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Callable
 
 from alerts.model import (
     _ALERT_NAME,
@@ -33,273 +27,42 @@ from alerts.model import (
     AlertRule,
     AlertsConfig,
     Level,
-    rule_levels,
-    severity_levels,
 )
+from collector.cgroup import compile_rules
+from exporters.addresses import check_rrdcached_address
+from exporters.passwords import bcrypt_cost
 
-__all__ = [
-    "ALERT_METRICS",
-    "AlertOverride",
-    "AlertRule",
-    "AlertsConfig",
-    "Level",
-    "DaemonConfig",
-    "CollectorConfig",
-    "Config",
-    "ConfigError",
-    "ExporterConfig",
-    "GraphsConfig",
-    "LogConfig",
-    "RrdConfig",
-    "TrafficConfig",
-    "Rule",
-    "config_from_json",
-    "config_to_json",
-    "default_config",
-    "load_config",
-    "parse_duration",
-    "parse_listen",
-    "rule_levels",
-    "severity_levels",
-]
+from .schema import (
+    LIMITS,
+    LOG_LEVELS,
+    MAX_CONFIG_BYTES,
+    MAX_CONTEXTS_CAP,
+    MAX_KERNEL_HZ,
+    MAX_LEVEL,
+    MAX_NAME,
+    MAX_NESTING,
+    MAX_PERCENT,
+    MAX_RATE_POLLS,
+    MAX_RULES,
+    MAX_TEXT,
+    RULE_KEYS,
+    SOURCES,
+    CollectorConfig,
+    Config,
+    ConfigError,
+    DaemonConfig,
+    ExporterConfig,
+    GraphsConfig,
+    LogConfig,
+    RrdConfig,
+    Rule,
+    TrafficConfig,
+    _one_line,
+    parse_listen,
+    toml_keys,
+)
+from .tomlmap import _describe, _LineIndex
 
-SOURCES = ("auto", "vserver", "cgroup")
-LOG_LEVELS = ("debug", "info", "warning", "error")
-DEFAULT_INTERVAL = 60.0
-DEFAULT_LISTEN = "127.0.0.1:9717"
-
-# Sane ranges: whatever check-config accepts must start and reload (timers,
-# datetimes and buffers all have limits of their own far below what TOML can say).
-MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
-LIMITS = {  # (low, high) seconds
-    "interval": (1.0, DAY),  # [collector] interval, [rrd] step, [graphs] interval
-    "retention": (1.0, 36500 * DAY),
-    "timeout": (1.0, HOUR),  # command_timeout, alertmanager_timeout
-    "rate_window": (2.0, DAY),
-    "for": (0.0, 365 * DAY),
-}
-MAX_RATE_POLLS = 1000  # samples one rate window may keep per series
-MAX_CONTEXTS_CAP = 1_000_000
-MAX_KERNEL_HZ = 100_000
-MAX_LEVEL = 2.0**70  # beyond any byte, bit/s or count a host has
-MAX_PERCENT = 100_000.0
-MAX_CONFIG_BYTES = 1 << 20  # a config file larger than this is not a config file
-MAX_NESTING = 32  # arrays and inline tables within one value
-MAX_RULES = 1000  # [[collector.rule]] and [[alerts.rule]] entries, each
-MAX_NAME = 200  # characters of an alert name, a glob, a user
-MAX_TEXT = 4096  # characters of a summary, a command argument, a URL
-BCRYPT_COSTS = (4, 17)  # cost 18 already takes seconds per login
-
-
-class ConfigError(Exception):
-    """A configuration problem; `str()` is one line: `FILE:LINE: KEY: message`."""
-
-    def __init__(self, message: str, path: str | None = None, line: int | None = None,
-                 key: str | None = None):
-        # One line whatever the parts contain: the CLI prints it as a log line.
-        self.message = _one_line(message)
-        self.path = path
-        self.line = line
-        self.key = key
-        super().__init__(self._text())
-
-    def _text(self) -> str:
-        where = ""
-        if self.path is not None:
-            where = _one_line(self.path) + (f":{self.line}" if self.line else "") + ": "
-        key = f"{_one_line(self.key)}: " if self.key else ""
-        return where + key + self.message
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).splitlines())
-
-
-# --------------------------------------------------------------------------- schema
-#
-# Field metadata "toml" names the key in the file when it differs from the field
-# name; None marks a field that is no key (Config.source_path).
-
-
-RULE_KEYS = ("glob", "regex", "name", "lookup")
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """One `[[collector.rule]]`: cgroups matching `glob` or `regex` are named `name`.
-
-    `lookup` ("docker") asks the cgroup source to look the name up by capture 1.
-    """
-
-    name: str
-    glob: str | None = None
-    regex: str | None = None
-    lookup: str | None = None
-
-    def as_dict(self) -> dict[str, str]:
-        """The form `collector.build_source(rules=...)` takes; `dict(rule)` too."""
-        return {k: self[k] for k in self.keys()}
-
-    def keys(self) -> tuple[str, ...]:
-        return tuple(k for k in RULE_KEYS if getattr(self, k) is not None)
-
-    def __getitem__(self, key: str) -> str:
-        if key not in RULE_KEYS or getattr(self, key) is None:
-            raise KeyError(key)
-        return getattr(self, key)
-
-
-@dataclass(frozen=True, slots=True)
-class CollectorConfig:
-    interval: float = DEFAULT_INTERVAL  # seconds between polls
-    source: str = "auto"
-    proc_root: str = "/proc"
-    # Both derived from proc_root when not given: <parent of proc_root>/etc/vservers ...
-    vservers_dir: str = "/etc/vservers"
-    cgroup_root: str = "/sys/fs/cgroup"  # ... and <parent of proc_root>/sys/fs/cgroup
-    cgroup_hierarchy: str = "auto"
-    kernel_hz: int | None = None  # None: detect ("auto")
-    rules: tuple[Rule, ...] = field(default=(), metadata={"toml": "rule"})
-
-
-@dataclass(frozen=True, slots=True)
-class RrdConfig:
-    dir: str = "var/rrd"
-    step: float = DEFAULT_INTERVAL  # seconds; defaults to the collector interval
-    daemon: str = ""  # rrdcached address, "" for direct writes
-    retention: float = 30 * 86400.0  # seconds a departed context stays before archive/
-
-
-@dataclass(frozen=True, slots=True)
-class ExporterConfig:
-    listen: str = DEFAULT_LISTEN
-    enabled: bool = True
-    tls_cert: str = ""  # PEM certificate file; with tls_key, serve HTTPS only
-    tls_key: str = ""
-    # user -> bcrypt hash, as in Prometheus' web-config file; empty = no auth
-    basic_auth: Mapping[str, str] = field(default_factory=dict)
-    max_contexts: int = 0  # export the N busiest contexts, the rest as "other"; 0 = all
-
-    @property
-    def host(self) -> str:
-        return parse_listen(self.listen)[0]
-
-    @property
-    def port(self) -> int:
-        return parse_listen(self.listen)[1]
-
-
-@dataclass(frozen=True, slots=True)
-class GraphsConfig:
-    dir: str = "var/graphs"
-    interval: float = 300.0
-    enabled: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class LogConfig:
-    level: str = "info"
-
-
-@dataclass(frozen=True, slots=True)
-class TrafficConfig:
-    # "nftables": count each context's traffic in the nftables table `inet ctxmon`
-    # (collector.traffic); "off": never touch the firewall.
-    accounting: str = "off"
-
-
-@dataclass(frozen=True, slots=True)
-class DaemonConfig:
-    user: str = ""  # drop root for this user once the port is bound; "" = stay
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    collector: CollectorConfig = field(default_factory=CollectorConfig)
-    rrd: RrdConfig = field(default_factory=RrdConfig)
-    exporter: ExporterConfig = field(default_factory=ExporterConfig)
-    graphs: GraphsConfig = field(default_factory=GraphsConfig)
-    alerts: AlertsConfig = field(default_factory=AlertsConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    daemon: DaemonConfig = field(default_factory=DaemonConfig)
-    traffic: TrafficConfig = field(default_factory=TrafficConfig)
-    source_path: str | None = field(default=None, metadata={"toml": None})
-
-
-def toml_keys(cls: type) -> dict[str, str]:
-    """{key in the file: field name} for one of the dataclasses above."""
-    out = {}
-    for f in fields(cls):
-        key = f.metadata.get("toml", f.name)
-        if key is not None:
-            out[key] = f.name
-    return out
-
-
-
-def config_to_json(cfg: Config) -> str:
-    """A validated Config as JSON, for a child process (the graph renderer) that must
-    run on the daemon's config in force rather than re-read a file that may have
-    changed (and been refused) since."""
-    return json.dumps(_encode(cfg), separators=(",", ":"))
-
-
-def config_from_json(text: str | bytes) -> Config:
-    """The inverse of config_to_json. Raises ValueError on anything else."""
-    try:
-        return _decode(Config, json.loads(text))
-    except (TypeError, KeyError, AttributeError) as e:
-        raise ValueError(f"not a serialized config: {e}") from None
-
-
-def _encode(value: Any) -> Any:
-    if hasattr(value, "__dataclass_fields__"):
-        return {f.name: _encode(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, Mapping):
-        return {k: _encode(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [_encode(v) for v in value]
-    return value
-
-
-def _decode(hint: Any, value: Any) -> Any:
-    import types
-    import typing
-
-    if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
-        if not isinstance(value, dict):
-            raise TypeError(f"{hint.__name__}: expected an object")
-        hints = typing.get_type_hints(hint)
-        return hint(**{f.name: _decode(hints[f.name], value[f.name])
-                       for f in fields(hint) if f.name in value})
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _decode(inner[0], value)
-    if origin is tuple:
-        return tuple(_decode(args[0], v) for v in value)
-    if origin is not None and issubclass(origin, Mapping):
-        return MappingProxyType({str(k): _decode(args[1], v) for k, v in value.items()})
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(hint, type) and not isinstance(value, hint):
-        raise TypeError(f"expected {hint.__name__}, got {type(value).__name__}")
-    return value
-
-
-def default_config() -> Config:
-    """All defaults, for commands run without a file.
-
-    The data dirs stay relative ("var/rrd"): with no file to anchor them they are
-    relative to the current directory.
-    """
-    return Config()
-
-
-# ------------------------------------------------------------------ value parsing
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -351,69 +114,6 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-_HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-
-
-def _valid_hostname(host: str) -> bool:
-    if not host or len(host) > 253 or not host.isascii():
-        return False
-    return all(_HOSTNAME_LABEL.fullmatch(label) for label in host.removesuffix(".").split("."))
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """"127.0.0.1:9717", "[::1]:9717", "localhost:9717" → (host, port).
-
-    Raises ValueError with a message fit for a ConfigError.
-    """
-    if text.startswith("["):
-        close = text.find("]")
-        if close < 0 or not text[close + 1:].startswith(":"):
-            raise ValueError(f'expected "[IPv6]:port", got {_show(text)}')
-        host, port_text = text[1:close], text[close + 2:]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"invalid IPv6 address {_show(host)} in {_show(text)}") from None
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise ValueError(f'expected "host:port", got {_show(text)}')
-        if ":" in host:
-            raise ValueError(f'put an IPv6 address in brackets ("[::1]:9717"), got {_show(text)}')
-        if not host:
-            raise ValueError(
-                f'host missing in {_show(text)} (use "0.0.0.0:PORT" or "[::]:PORT" '
-                f"for every interface)"
-            )
-        if not _valid_hostname(host):
-            raise ValueError(f"invalid host {_show(host)} in {_show(text)}")
-    if not (port_text.isascii() and port_text.isdigit()):
-        raise ValueError(f"invalid port {_show(port_text)} in {_show(text)}")
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port must be 1..65535, got {port} in {_show(text)}")
-    return host, port
-
-
-def _check_rrdcached_address(text: str) -> None:
-    """rrdcached's address forms: "" (none), "unix:/path", "/path", "host:port"."""
-    if text == "":
-        return
-    if text.startswith("unix:"):
-        path = text[len("unix:"):]
-        if not path.startswith("/"):
-            raise ValueError(f'"unix:" needs an absolute socket path, got {_show(text)}')
-        return
-    if text.startswith("/"):
-        return
-    try:
-        parse_listen(text)
-    except ValueError as e:
-        raise ValueError(
-            f'expected "", "unix:/path", "/path" or "host:port": {e}'
-        ) from None
-
-
 _CGROUP_V1_HIERARCHY = re.compile(r"name=[A-Za-z0-9_.-]+|[a-z][a-z0-9_]*(?:,[a-z][a-z0-9_]*)*")
 
 
@@ -430,180 +130,6 @@ def _show(value: Any) -> str:
     else:
         text = str(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-# ------------------------------------------------------------------- line finding
-
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_BASIC_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-# The rest of a multi-line string up to its closing quotes, if on this line.
-_BASIC_ML_END = re.compile(r'(?:[^"\\]|\\.|"(?!""))*"""')
-_LITERAL_ML_END = re.compile(r".*?'''")
-
-
-def _scan_key(line: str, pos: int) -> tuple[tuple[str, ...], int] | None:
-    """A (dotted) TOML key starting at `pos` → (parts, end), or None."""
-    parts: list[str] = []
-    n = len(line)
-    while True:
-        while pos < n and line[pos] in " \t":
-            pos += 1
-        if pos >= n:
-            return None
-        ch = line[pos]
-        if ch == '"':
-            m = _BASIC_STRING.match(line, pos)
-            if not m:
-                return None
-            try:
-                parts.append(json.loads(m.group(0)))
-            except ValueError:
-                parts.append(m.group(0)[1:-1])
-            pos = m.end()
-        elif ch == "'":
-            end = line.find("'", pos + 1)
-            if end < 0:
-                return None
-            parts.append(line[pos + 1:end])
-            pos = end + 1
-        else:
-            m = _BARE_KEY.match(line, pos)
-            if not m:
-                return None
-            parts.append(m.group(0))
-            pos = m.end()
-        while pos < n and line[pos] in " \t":
-            pos += 1
-        if pos < n and line[pos] == ".":
-            pos += 1
-            continue
-        return tuple(parts), pos
-
-
-class _LineIndex:
-    """Where keys and tables are in the file text, for error messages.
-
-    Locations are tuples of keys and array indexes: ("collector", "rule", 1, "regex")
-    is the `regex` of the second `[[collector.rule]]`. Only the file's own structure
-    is recorded: a key inside an inline table or a multi-line value falls back to the
-    nearest enclosing thing that has a line.
-    """
-
-    def __init__(self, text: str):
-        self.lines: dict[tuple, int] = {}
-        self._array_counts: dict[tuple, int] = {}
-        self.too_deep: int | None = None  # the first line nesting past MAX_NESTING
-        self._scan(text)
-
-    def _record(self, loc: tuple, lineno: int) -> None:
-        self.lines.setdefault(loc, lineno)
-
-    def _scan(self, text: str) -> None:
-        section: tuple = ()
-        depth = 0  # open [ and { of a value spanning lines
-        in_string: str | None = None  # the closing quotes of a multi-line string
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            pos = 0
-            if in_string is None and depth == 0:
-                stripped = line.lstrip()
-                if stripped.startswith("[["):
-                    parsed = _scan_key(line, line.index("[[") + 2)
-                    if parsed and line[parsed[1]:].startswith("]]"):
-                        path = parsed[0]
-                        index = self._array_counts.get(path, 0)
-                        self._array_counts[path] = index + 1
-                        section = path + (index,)
-                        self._record(path, lineno)
-                        self._record(section, lineno)
-                        continue
-                elif stripped.startswith("["):
-                    parsed = _scan_key(line, line.index("[") + 1)
-                    if parsed and line[parsed[1]:].startswith("]"):
-                        section = self._resolve(parsed[0])
-                        self._record(section, lineno)
-                        continue
-                else:
-                    parsed = _scan_key(line, 0)
-                    if parsed and line[parsed[1]:].startswith("="):
-                        keys, end = parsed
-                        for i in range(1, len(keys) + 1):
-                            self._record(section + keys[:i], lineno)
-                        pos = end + 1
-            depth, in_string, peak = self._scan_value(line, pos, depth, in_string)
-            if peak > MAX_NESTING and self.too_deep is None:
-                self.too_deep = lineno
-
-    def _resolve(self, path: tuple[str, ...]) -> tuple:
-        """`[a.b]` after `[[a]]` is a table in a's latest array element."""
-        out: tuple = ()
-        for part in path:
-            out += (part,)
-            if out in self._array_counts:
-                out += (self._array_counts[out] - 1,)
-        return out
-
-    @staticmethod
-    def _scan_value(line: str, pos: int, depth: int, in_string: str | None):
-        """Carry bracket depth and multi-line string state past one line."""
-        n = len(line)
-        peak = depth
-        while pos < n:
-            if in_string is not None:
-                m = (_BASIC_ML_END if in_string == '"""' else _LITERAL_ML_END).match(line, pos)
-                if not m:
-                    return depth, in_string, peak
-                pos = m.end()
-                in_string = None
-                continue
-            ch = line[pos]
-            if ch == "#":
-                break
-            if line.startswith('"""', pos) or line.startswith("'''", pos):
-                in_string = line[pos:pos + 3]
-                pos += 3
-                continue
-            if ch == '"':
-                m = _BASIC_STRING.match(line, pos)
-                pos = m.end() if m else n
-                continue
-            if ch == "'":
-                end = line.find("'", pos + 1)
-                pos = end + 1 if end >= 0 else n
-                continue
-            if ch in "[{":
-                depth += 1
-                peak = max(peak, depth)
-            elif ch in "]}":
-                depth = max(0, depth - 1)
-            pos += 1
-        return depth, in_string, peak
-
-    def line_of(self, loc: tuple) -> int | None:
-        for n in range(len(loc), 0, -1):
-            line = self.lines.get(loc[:n])
-            if line is not None:
-                return line
-        return None
-
-
-# ------------------------------------------------------------------------ loading
-
-
-def _describe(loc: tuple) -> str:
-    """("collector", "interval") → "[collector] interval";
-    ("collector", "rule", 1, "regex") → "[[collector.rule]] #2 regex"."""
-    table: list[str] = []
-    rest = list(loc)
-    while rest and isinstance(rest[0], str) and len(rest) > 1:
-        table.append(rest.pop(0))
-        if rest and isinstance(rest[0], int):
-            index = rest.pop(0)
-            head = f"[[{'.'.join(table)}]] #{index + 1}"
-            return head + (" " + ".".join(map(str, rest)) if rest else "")
-    if not table:
-        return ".".join(map(str, rest))
-    return f"[{'.'.join(table)}]" + (" " + ".".join(map(str, rest)) if rest else "")
 
 
 class _Loader:
@@ -763,37 +289,24 @@ class _Loader:
             raise self.error(loc, 'must be an array of tables ("[[collector.rule]]")')
         if len(raw) > MAX_RULES:
             raise self.error(loc, f"at most {MAX_RULES} rules, got {len(raw)}")
-        compile_rules = _optional_function("collector.cgroup", "compile_rules")
         out = []
         for i, item in enumerate(raw):
             rloc = loc + (i,)
+            # The file's side: known keys (with a suggestion), string values (with
+            # their line). What a rule means is the collector's one validator's.
             for key in item:
                 if key not in RULE_KEYS:
                     raise self.error(rloc + (key,),
                                      "unknown key" + _suggest(key, RULE_KEYS, quote='"'))
-            matchers = [k for k in ("glob", "regex") if k in item]
-            if len(matchers) != 1:
-                raise self.error(rloc, "needs exactly one of glob or regex, got "
-                                 + (" and ".join(matchers) or "neither"))
-            if "name" not in item:
-                raise self.error(rloc, 'needs a name (a template like "{1}")')
-            matcher = matchers[0]
-            pattern = self.get(item, rloc, matcher, self.string, None)
-            name = self.get(item, rloc, "name", self.string, None)
-            lookup = self.get(item, rloc, "lookup", self.string, None)
-            rule = Rule(name=name, lookup=lookup, **{matcher: pattern})
+                self.get(item, rloc, key, self.string, None)
+            matcher = "glob" if "glob" in item else "regex"
             try:
-                if compile_rules is not None:
-                    compile_rules([rule.as_dict()])
-                elif matcher == "regex":
-                    try:
-                        re.compile(pattern)
-                    except re.error as e:
-                        raise ValueError(f"invalid regular expression {_show(pattern)}: {e}")
+                compile_rules([item])
             except ValueError as e:
                 message = _RULE_MESSAGE_PREFIX.sub("", str(e)) or "invalid rule"
-                raise self.error(rloc + (_rule_key_at_fault(message, matcher),), message) from None
-            out.append(rule)
+                key = _rule_key_at_fault(message, matcher)
+                raise self.error(rloc + ((key,) if key else ()), message) from None
+            out.append(Rule(**{k: item[k] for k in RULE_KEYS if k in item}))
         return tuple(out)
 
     def rrd(self, raw: Any, collector: CollectorConfig, check_rrd_files: bool) -> RrdConfig:
@@ -820,14 +333,14 @@ class _Loader:
             retention=self.get(raw, loc, "retention", self.duration("retention"), d.retention),
         )
         if check_rrd_files and os.path.isdir(directory):
-            check_step = _optional_function("exporters.rrd", "check_step")
-            if check_step is not None:
-                try:
-                    problem = check_step(directory, int(step))
-                except OSError:
-                    problem = None  # unreadable files: the RRD writer reports them itself
-                if problem:
-                    raise self.error(step_loc, str(problem), "[rrd] step")
+            from exporters.rrd import check_step  # librrd only when there are files
+
+            try:
+                problem = check_step(directory, int(step))
+            except OSError:
+                problem = None  # unreadable files: the RRD writer reports them itself
+            if problem:
+                raise self.error(step_loc, str(problem), "[rrd] step")
         return rrd
 
     def exporter(self, raw: Any) -> ExporterConfig:
@@ -848,14 +361,10 @@ class _Loader:
             raise self.error(loc + ("basic_auth",),
                              'must be a table of user = "bcrypt hash" ([exporter.basic_auth])')
         for user, hashed in users.items():
-            if not isinstance(hashed, str) or not _BCRYPT_HASH.fullmatch(hashed):
-                raise self.error(loc + ("basic_auth", user),
-                                 "must be a bcrypt hash ($2b$..., see `htpasswd -nBC 10`)")
-            cost = int(hashed.split("$")[2])
-            if not BCRYPT_COSTS[0] <= cost <= BCRYPT_COSTS[1]:
-                raise self.error(loc + ("basic_auth", user),
-                                 f"bcrypt cost must be {BCRYPT_COSTS[0]}..{BCRYPT_COSTS[1]} "
-                                 f"(each login costs 2^cost rounds), got {cost}")
+            try:
+                bcrypt_cost(hashed)
+            except ValueError as e:
+                raise self.error(loc + ("basic_auth", user), str(e)) from None
             if len(user) > MAX_NAME:
                 raise self.error(loc + ("basic_auth",), f"user name longer than {MAX_NAME}")
             if ":" in user or not user:
@@ -1069,14 +578,15 @@ class _Loader:
         return tuple(out)
 
 
-_BCRYPT_HASH = re.compile(r"\$2[aby]?\$\d\d\$[./A-Za-z0-9]{53}")
-
 # compile_rules names the rule itself ("cgroup rule: ..."); ours names it with its line.
 _RULE_MESSAGE_PREFIX = re.compile(r"^cgroup rule(?: \d+)?: ")
 
 
-def _rule_key_at_fault(message: str, matcher: str) -> str:
-    """Which key of a rule compile_rules's message is about, for the line number."""
+def _rule_key_at_fault(message: str, matcher: str) -> str | None:
+    """Which key of a rule compile_rules's message is about, for the line number
+    (None: the rule as a whole)."""
+    if message.startswith("needs"):
+        return None
     if "template" in message or message.startswith("name "):
         return "name"
     if message.startswith("lookup"):
@@ -1112,7 +622,7 @@ def _listen(value: Any) -> str:
 
 def _rrdcached_address(value: Any) -> str:
     value = _Loader.string(value)
-    _check_rrdcached_address(value)
+    check_rrdcached_address(value)
     return value
 
 
@@ -1294,24 +804,6 @@ def _suggest(word: str, choices, brackets: bool = False, quote: str = "") -> str
         return ""
     shown = f"[{close[0]}]" if brackets else f"{quote}{close[0]}{quote}"
     return f" (did you mean {shown}?)"
-
-
-def _optional_function(module_name: str, function: str) -> Callable | None:
-    """A function from a module another part of ctxmon may not have yet.
-
-    Only the module itself being absent counts as absent: an import error inside it
-    is a bug and propagates.
-    """
-    try:
-        module: ModuleType = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        parts = module_name.split(".")
-        prefixes = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
-        if e.name in prefixes:
-            return None
-        raise
-    fn = getattr(module, function, None)
-    return fn if callable(fn) else None
 
 
 _TOML_POSITION = re.compile(r"\s*\((?:at line (\d+), column (\d+)|at end of document)\)\s*$")

@@ -1,0 +1,58 @@
+"""The TOML configuration: one file, validated into a frozen dataclass tree.
+
+Every problem is a `ConfigError` whose text is one line naming the file, the line
+and the key (`conf/ctxmon.toml:12: [collector] interval: must be at least 1s, got
+"500ms"`), so `ctxmon check-config` and the daemon can print it as is. Loading only
+reads: it creates no directory and writes no file.
+
+- `ctxmon.config.schema`: the dataclasses, defaults, ranges, ConfigError, JSON form;
+- `ctxmon.config.tomlmap`: where keys are in the text (for the line of an error);
+- `ctxmon.config.loader`: reading and validating (`load_config`).
+
+The alert rules' model is `alerts.model` (imported here, never the reverse).
+"""
+
+from __future__ import annotations
+
+from alerts.model import (
+    ALERT_METRICS,
+    AlertOverride,
+    AlertRule,
+    AlertsConfig,
+    Level,
+    rule_levels,
+    severity_levels,
+)
+
+from .loader import format_duration, load_config, parse_duration
+from .schema import (
+    DEFAULT_INTERVAL,
+    DEFAULT_LISTEN,
+    LIMITS,
+    RULE_KEYS,
+    CollectorConfig,
+    Config,
+    ConfigError,
+    DaemonConfig,
+    ExporterConfig,
+    GraphsConfig,
+    LogConfig,
+    RrdConfig,
+    Rule,
+    TrafficConfig,
+    config_from_json,
+    config_to_json,
+    default_config,
+    parse_listen,
+    toml_keys,
+)
+from .tomlmap import _LineIndex  # noqa: F401 (tests check the line mapping)
+
+__all__ = [
+    "ALERT_METRICS", "AlertOverride", "AlertRule", "AlertsConfig", "CollectorConfig", "Config",
+    "ConfigError", "DEFAULT_INTERVAL", "DEFAULT_LISTEN", "DaemonConfig", "ExporterConfig",
+    "GraphsConfig", "LIMITS", "Level", "LogConfig", "RULE_KEYS", "RrdConfig", "Rule",
+    "TrafficConfig", "config_from_json", "config_to_json", "default_config", "format_duration",
+    "load_config", "parse_duration", "parse_listen", "rule_levels", "severity_levels",
+    "toml_keys",
+]
