@@ -1,6 +1,7 @@
 # make run   - set up (Debian packages, .venv) and run the daemon on conf/ctxmon.toml
 # make test  - set up and run the test suite
 # make bench - CPU per poll next to collectd on the same cgroups (root; ~20 min)
+# make demo  - write a demo history (24 servers, 3 hosts, 30 days) to var/demo and plan it
 # Both are idempotent: packages are installed only when missing, the venv is rebuilt
 # only when pyproject.toml changes.
 
@@ -21,13 +22,19 @@ TEST_PACKAGES += nftables iperf3
 # htpasswd (apache2-utils): the tests check long passwords against what it hashes.
 TEST_PACKAGES += apache2-utils
 
-.PHONY: run test stat setup deps test-deps bench clean
+.PHONY: run test stat setup deps test-deps bench clean demo
 
 run: setup
 	$(VENV)/bin/ctxmon run -c $(CONFIG)
 
 stat: setup
 	$(VENV)/bin/ctxmon stat
+
+# A demo history (the talk's 24 servers on 3 hosts, 30 days) and its plan.
+demo: setup
+	$(VENV)/bin/ctxmon demo-history var/demo
+	$(VENV)/bin/ctxmon plan --history vs1=var/demo/vs1 --history vs2=var/demo/vs2 \
+		--history vs3=var/demo/vs3 --html var/demo/plan
 
 test: setup test-deps
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -56,12 +56,12 @@ def workload(rng, points: int) -> tuple[np.ndarray, np.ndarray]:
     cpu = base + busy * shape * rng.gamma(6, 1 / 6, points)
     bursts = rng.random(points) < 0.001
     cpu = cpu + bursts * busy
-    mem = np.full(points, rng.uniform(0.2, 4) * GiB) * (0.8 + 0.2 * shape)
+    mem = np.full(points, rng.uniform(0.2, 1.5) * GiB) * (0.8 + 0.2 * shape)
     return cpu, mem
 
 
 def write_fleet(root: str, contexts: int, hosts: int, seed: int = 1) -> list[tuple[str, str]]:
-    marker = os.path.join(root, f"done-{contexts}-{hosts}-{seed}")
+    marker = os.path.join(root, f"done-v2-{contexts}-{hosts}-{seed}")
     dirs = [(f"h{j:02d}", os.path.join(root, f"h{j:02d}")) for j in range(hosts)]
     if os.path.exists(marker):
         return dirs

@@ -89,8 +89,11 @@ def run_demo(args: argparse.Namespace) -> int:
     except OSError as e:
         raise PlanError(f"{args.dir}: {e.strerror or e}") from None
     history = " ".join(f"--history {h}={d}" for h, d in dirs.items())
+    first = next(iter(dirs))
     print(f"wrote {args.days} days of 24 servers on {len(dirs)} hosts under {args.dir}; try:\n"
-          f"  ctxmon plan {history}")
+          f"  ctxmon plan {history}\n"
+          f"  ctxmon graph -c {os.path.join(args.dir, first + '.toml')}   # pages in "
+          f"{os.path.join(args.dir, first + '-graphs')}/")
     return 0
 
 

@@ -150,9 +150,24 @@ def demo_series(end: int, days: int = 30, step: int = STEP, seed: int = 2009
     return out
 
 
+CONFIG = """# ctxmon config of the demo host {host}: `ctxmon graph -c {host}.toml` draws its
+# pages into {host}-graphs/ (paths are relative to this file)
+[collector]
+interval = "{step}s"
+
+[rrd]
+dir = "{host}"
+step = "{step}s"
+
+[graphs]
+dir = "{host}-graphs"
+"""
+
+
 def write_demo(directory: str, end: int, days: int = 30,
                only: Sequence[str] | None = None) -> dict[str, str]:
-    """The demo under `directory`; returns {host: its RRD dir}."""
+    """The demo under `directory`: DIR/<host>/ as its [rrd] dir and DIR/<host>.toml
+    (for `ctxmon graph`); returns {host: its RRD dir}."""
     start = end // STEP * STEP - days * DAY
     series = demo_series(start + days * DAY, days)
     dirs = {}
@@ -160,6 +175,8 @@ def write_demo(directory: str, end: int, days: int = 30,
         d = os.path.join(directory, host)
         dirs[host] = d
         write_capacity(d, cpus, mem, host)
+        write_atomic(os.path.join(directory, host + ".toml"),
+                     CONFIG.format(host=host, step=STEP).encode())
     for name, (host, cpu, mem) in series.items():
         if only is None or name in only:
             write_context(dirs[host], name, start, STEP, cpu, mem)

@@ -10,9 +10,11 @@ All three only grow as contexts are added (series are >= 0), which the search us
 The search (a hand-written heuristic, see `optimise`):
 1. first-fit decreasing of the time-aligned series over the hosts, biggest hosts first
    (each context tries its current host first, so that a fit needs no move);
-2. emptying: for each host in use, least loaded first, try to re-place its contexts on
-   the others (first fit, then a violation-minimising local search with moves and
-   swaps); for small fleets every subset of hosts of each size is tried the same way;
+2. fewer hosts: on small fleets every subset of hosts of each size, smallest first,
+   packed by first fit and then a violation-minimising local search (moves and
+   swaps, a few seeded restarts); on large fleets a bisection over how many of the
+   biggest hosts a balanced fit fills (each context where it leaves the most
+   headroom, so contexts peaking at other hours meet), then emptying hosts one by one;
 3. evening out: moves from the host with the least headroom to others while the sum
    of squared utilisations falls (a move away from where a context runs costs a bit).
 `--max-moves` starts from the current placement instead and spends moves on fixing
@@ -348,7 +350,7 @@ def _even_out(st: _State, pinned: dict[int, int], max_moves: int | None, deadlin
 
 
 def optimise(problem: Problem, targets: Targets, keep: dict[str, str] | None = None,
-             max_moves: int | None = None, time_budget: float = 3.0) -> Placement:
+             max_moves: int | None = None, time_budget: float = 2.0) -> Placement:
     """The placement with the fewest hosts, then the most even headroom."""
     st = _State(problem, targets)
     names = [d.name for d in problem.contexts]
@@ -367,17 +369,19 @@ def optimise(problem: Problem, targets: Targets, keep: dict[str, str] | None = N
 
     if max_moves is None:
         best = _from_scratch(st, items, pinned, deadline)
-        # Starting from today's placement can find as few hosts with fewer moves.
-        current = _from_current(st, items, pinned, None, deadline)
-        if current is not None and st.score(current) < st.score(best):
-            best = current
+        # Starting from today's placement can find as few hosts with fewer moves (on
+        # large fleets the balanced fit already prefers where contexts run).
+        if _small(st):
+            current = _from_current(st, items, pinned, None, deadline)
+            if current is not None and st.score(current) < st.score(best):
+                best = current
         st.restore(best)
     else:
         result = _from_current(st, items, pinned, max_moves, deadline)
         if result is None:  # today's placement cannot be fixed within the moves
             result = np.full(st.N, -1)
         st.restore(result)
-    _even_out(st, pinned, max_moves, max(deadline, time.monotonic() + 0.2) + 1.0)
+    _even_out(st, pinned, max_moves, max(deadline, time.monotonic()) + 0.5)
     assign = {names[i]: (problem.hosts[int(st.assign[i])].name if st.assign[i] >= 0 else None)
               for i in range(st.N)}
     unplaced = sorted(names[i] for i in range(st.N) if st.assign[i] < 0)
@@ -400,15 +404,20 @@ def _from_scratch(st: _State, items: list[int], pinned: dict[int, int], deadline
     return best
 
 
+def _small(st: _State) -> bool:
+    """Few enough hosts to try every subset of them."""
+    return math.comb(st.H, max(1, st.H // 2)) <= 64 and st.N <= 40
+
+
 def _try_fewer(st: _State, order: list[int], pinned: dict[int, int], deadline: float) -> None:
     """Shrink the set of hosts in use: exhaustively over subsets on small fleets, else
-    by emptying one host at a time."""
+    by a balanced fit onto fewer hosts, then emptying one host at a time."""
     must = set(pinned.values())
     used = sorted(set(int(h) for h in st.assign if h >= 0))
     # a lower bound from averages and memory (both must fit in the hosts' totals)
     mean_total = float(st.C.mean(axis=1)[order].sum()) if st.T else 0.0
     mem_total = float(st.M[order].sum())
-    if math.comb(st.H, max(1, st.H // 2)) <= 64 and st.N <= 40:
+    if _small(st):
         for k in range(1, len(used)):
             for subset in itertools.combinations(_host_order(st), k):
                 if not must <= set(subset):
@@ -424,7 +433,83 @@ def _try_fewer(st: _State, order: list[int], pinned: dict[int, int], deadline: f
                 if time.monotonic() > deadline:
                     return
         return
+    _fewest_balanced(st, order, pinned, mean_total, mem_total, deadline)
     _empty_hosts(st, pinned, None, deadline)
+
+
+def _balanced_fit(st: _State, order: list[int], hosts: list[int], pinned: dict[int, int],
+                  exact: bool) -> list[int]:
+    """Each context (in order) on the host of `hosts` where it leaves the most headroom:
+    the smallest resulting peak (or, `exact`, percentile) against the host's target, so
+    contexts that peak at other hours end up together. Returns those that fit nowhere."""
+    hs = np.array(hosts)
+    left = []
+    for i in order:
+        if i in pinned:
+            if pinned[i] in hosts and st.fits(i, pinned[i]):
+                st.put(i, pinned[i])
+            else:
+                left.append(i)
+            continue
+        x = st.load[hs] + st.C[i]
+        top = np.partition(x, st.k, axis=1)[:, st.k] if exact else x.max(axis=1)
+        score = np.maximum(top / st.cap[hs], (st.mem[hs] + st.M[i]) / st.memcap[hs])
+        # where it runs now wins a near tie: fewer moves for almost the same headroom
+        score = np.where(hs == st.current[i], score - 0.02, score)
+        for h in hs[np.argsort(score, kind="stable")]:
+            if st.fits(i, int(h)):
+                st.put(i, int(h))
+                break
+        else:
+            left.append(i)
+    return left
+
+
+def _fewest_balanced(st: _State, order: list[int], pinned: dict[int, int], mean_total: float,
+                     mem_total: float, deadline: float) -> None:
+    """Large fleets: the fewest of the biggest hosts that a balanced fit fills, found by
+    bisection between a lower bound (averages and memory must fit the hosts' totals)
+    and the hosts in use now; the last step tries one host fewer with exact
+    percentiles and a repair."""
+    must = sorted(set(pinned.values()))
+    pref = must + [h for h in _host_order(st) if h not in must]
+    hi = int(np.sum(st.count > 0))
+
+    def hosts_for(k: int) -> list[int]:
+        return pref[:max(k, len(must))]
+
+    lo = 1
+    while lo < hi and (st.hard[hosts_for(lo)].sum() < mean_total
+                       or st.memcap[hosts_for(lo)].sum() < mem_total):
+        lo += 1
+    # Fewer hosts than the whole fleet's percentile over their targets rarely work:
+    # start the bisection there (a guide, not a bound).
+    total = st.C[order].sum(axis=0)
+    if total.size:
+        need = float(np.partition(total, st.k)[st.k])
+        caps = np.cumsum(st.cap[pref])
+        lo = max(lo, min(hi, int(np.searchsorted(caps, need)) + 1))
+    best = st.snapshot()
+
+    def attempt(k: int, exact: bool, repair: bool) -> bool:
+        st.restore(np.full(st.N, -1))
+        hosts = hosts_for(k)
+        left = _balanced_fit(st, order, hosts, pinned, exact)
+        if left and repair:
+            now = time.monotonic()
+            if _repair(st, left, hosts, pinned, min(deadline, now + (deadline - now) / 2)):
+                left = []
+        return not left
+
+    while lo < hi and time.monotonic() < deadline:
+        mid = (lo + hi) // 2
+        if attempt(mid, False, False):
+            hi, best = mid, st.snapshot()
+        else:
+            lo = mid + 1
+    if hi > 1 and time.monotonic() < deadline and attempt(hi - 1, True, True):
+        best = st.snapshot()
+    st.restore(best)
 
 
 def _empty_hosts(st: _State, pinned: dict[int, int], max_moves: int | None, deadline: float) -> None:

@@ -152,13 +152,16 @@ def write_html(plan: Plan, directory: str) -> list[str]:
     written = []
     rows = []
     before = {h.name: h for h in plan.before}
+    palette = plt.get_cmap("tab20")
+    colour = {d.name: i for i, d in enumerate(p.contexts)}
     for n, after in enumerate(plan.after):
         fig, axes = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True, sharey=True)
         for ax, figures, label in ((axes[0], before.get(after.name), "now"),
                                    (axes[1], after, "planned")):
             names = figures.contexts if figures else []
-            if names:
-                ax.stackplot(times, *[by_name[c].cpu for c in names], labels=names, linewidth=0)
+            if names:  # a context keeps its colour in both panels
+                ax.stackplot(times, *[by_name[c].cpu for c in names], labels=names, linewidth=0,
+                             colors=[palette(colour[c] % 20) for c in names])
             ax.axhline(after.cpus, color="black", linewidth=1.2, label=f"{after.cpus:g} CPUs")
             ax.axhline(after.cpus * tg.cpu_target, color="red", linestyle="--", linewidth=1,
                        label=f"target {tg.cpu_target:.0%}")

@@ -325,6 +325,10 @@ def test_demo_history_needs_fewer_hosts_than_peak_sizing(tmp_path):
     assert sum(len(h["contexts"]) for h in doc["hosts"]) == 24 and doc["unplaced"] == []
     used = sum(1 for h in doc["hosts"] if h["contexts"])
     assert used == 2 and doc["peak_sizing"]["hosts_needed"] == 4
+    # each demo host has a config for `ctxmon graph` that holds
+    r = subprocess.run([sys.executable, "-m", "ctxmon.cli", "check-config", "-c",
+                        str(tmp_path / "demo" / "vs1.toml")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 def test_memory_is_the_cgroup_figure_where_stored(tmp_path):
