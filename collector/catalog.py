@@ -62,7 +62,8 @@ API (all tables are tuples in a fixed order; the order is the exposition order)
     accessor of each field of one context object, in order.
 `DEPARTED_STATE_SECONDS` — how long sinks and the sampler keep a departed context's
     counter state (a context back within it continues its counters).
-`readme_table()` — the README's metric table (`python -m collector.catalog`).
+`readme_table()`, `alert_metrics_readme()` — the README's metric table and its alert
+    rules' `metric` row (`python -m collector.catalog` prints both).
 
 Special cases that stay hand-written elsewhere, on purpose: the `other` fold
 (exporters.prometheus: monotonic sums across contexts moving in and out), and host
@@ -697,8 +698,24 @@ def readme_table() -> str:
     return "\n".join([README_BEGIN, *rows, README_END])
 
 
+def alert_metrics_readme() -> str:
+    """The README's row of the alert rules' `metric` key: every alert metric, those
+    sharing a description grouped."""
+    groups: list[tuple[list[str], str]] = []
+    for m in ALERT_METRICS:
+        if groups and groups[-1][1] == m.doc:
+            groups[-1][0].append(m.name)
+        else:
+            groups.append(([m.name], m.doc))
+    cells = ", ".join(", ".join(f"`{n}`" for n in names) + (f" ({doc})" if doc else "")
+                      for names, doc in groups)
+    return f"| `metric` | {cells} |"
+
+
 def main() -> None:
     print(readme_table())
+    print()
+    print(alert_metrics_readme())
 
 
 if __name__ == "__main__":

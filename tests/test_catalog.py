@@ -37,10 +37,19 @@ def test_readme_rrd_file_list_is_the_layouts():
         assert k.readme, f"file kind {k.name} has no README line"
 
 
+def test_readme_alert_metric_row_is_the_catalogs():
+    readme = (ROOT / "README.md").read_text().splitlines()
+    rows = [line for line in readme if line.startswith("| `metric` |")]
+    assert rows == [catalog.alert_metrics_readme()], (
+        "README's alert `metric` row differs: paste it from `python -m collector.catalog`")
+    for m in catalog.ALERT_METRICS:
+        assert f"`{m.name}`" in rows[0]
+
+
 def test_python_m_prints_the_table():
     out = subprocess.run([sys.executable, "-m", "collector.catalog"], cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout
-    assert out == catalog.readme_table() + "\n"
+    assert out == catalog.readme_table() + "\n\n" + catalog.alert_metrics_readme() + "\n"
     for fam in catalog.FAMILIES:  # every family has a row (alone or in its group)
         assert f"`{fam.readme_group or fam.exposed}`" in out, fam.name
 
