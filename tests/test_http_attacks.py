@@ -222,6 +222,35 @@ def test_head_bound_is_64_kib_in_all_and_over_it_is_431(tmp_path):
         srv.stop()
 
 
+def test_heads_being_read_hold_a_bounded_memory_all_together(monkeypatch):
+    import exporters.http
+
+    monkeypatch.setattr(exporters.http, "HEAD_BUDGET", 100 * 1024)
+    srv = MetricsServer("127.0.0.1:0", registry=_registry())
+    srv.start()
+    held = []
+    try:
+        # two unfinished 40 KB heads fit in 100 KiB; the third does not: 503 for it
+        part = b"GET /metrics HTTP/1.0\r\n" + (b"X-Part: " + b"p" * 1000 + b"\r\n") * 40
+        for i in range(2):
+            s = connect_from(attacker_address(i), srv.port)
+            s.sendall(part)
+            held.append(s)
+        time.sleep(0.3)
+        with connect_from(attacker_address(2), srv.port) as third:
+            third.sendall(part)
+            assert third.recv(100).startswith(b"HTTP/1.0 503 ")
+        held[0].sendall(b"\r\n")  # a held one finishes its head: served
+        reply = b""
+        while chunk := held[0].recv(65536):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.0 200 ")
+    finally:
+        for s in held:
+            s.close()
+        srv.stop()
+
+
 def _registry():
     from prometheus_client import CollectorRegistry, Counter
 
