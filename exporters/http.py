@@ -1053,9 +1053,12 @@ class MetricsServer:
         """On the bcrypt thread: check, count, resume the request; then rest as long as
         the check took, so checks use at most half of one core."""
         started = time.monotonic()
-        ok = self.auth.verify(*creds) if self.auth is not None else False
+        ok = False
+        try:
+            ok = self.auth.verify(*creds) if self.auth is not None else False
+        finally:  # whatever happens, the client's check is over
+            self.throttle.end(key, ok, creds[0])
         took = time.monotonic() - started
-        self.throttle.end(key, ok, creds[0])
         workers, loop = self.workers, self._loop
         if workers is None or loop is None:
             return
