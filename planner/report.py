@@ -31,6 +31,11 @@ def _name(s: str) -> str:
     return loggable(s)
 
 
+def _label(s: str) -> str:
+    """A name in a matplotlib text: control characters escaped, no mathtext."""
+    return loggable(clean_text(s)).replace("$", r"\$")
+
+
 def _utc(t: float | None) -> str:
     return "-" if t is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
 
@@ -160,13 +165,15 @@ def write_html(plan: Plan, directory: str) -> list[str]:
                                    (axes[1], after, "planned")):
             names = figures.contexts if figures else []
             if names:  # a context keeps its colour in both panels
-                ax.stackplot(times, *[by_name[c].cpu for c in names], labels=names, linewidth=0,
+                ax.stackplot(times, *[by_name[c].cpu for c in names],
+                             labels=[_label(c) for c in names], linewidth=0,
                              colors=[palette(colour[c] % 20) for c in names])
             ax.axhline(after.cpus, color="black", linewidth=1.2, label=f"{after.cpus:g} CPUs")
             ax.axhline(after.cpus * tg.cpu_target, color="red", linestyle="--", linewidth=1,
                        label=f"target {tg.cpu_target:.0%}")
             ax.set_ylabel("CPU cores")
-            ax.set_title(f"{after.name} {label}: {len(names)} contexts", fontsize=10, loc="left")
+            ax.set_title(f"{_label(after.name)} {label}: {len(names)} contexts", fontsize=10,
+                         loc="left")
             if names and len(names) <= 16:
                 ax.legend(loc="upper left", fontsize=6, ncol=4, frameon=False)
             ax.margins(x=0)

@@ -393,3 +393,20 @@ def test_the_sink_keeps_the_capacity_that_plan_reads(tmp_path):
     assert [(h["cpus"], h["memory_bytes"], h["contexts"]) for h in doc["hosts"]] == [
         (6, 12 << 30, ["web"])]
     assert doc["hosts"][0]["cpu_peak_cores"] == pytest.approx(1.0)
+
+
+def test_hostile_names_never_reach_the_terminal_or_the_page_raw(tmp_path):
+    evil = "\x1b[2Jevil<script>/../x"
+    a = write_host(tmp_path, "a", 8, 32 * GiB, {evil: (day_night(13, 5.0, 0.4), GiB)})
+    b = write_host(tmp_path, "b", 8, 32 * GiB, {evil: (day_night(1, 5.0, 0.4), GiB)})
+    history = ["--history", f"a={a}", "--history", f"b={b}"]
+    r = run_plan(*history, "--html", str(tmp_path / "page"))
+    assert "\x1b" not in r.stdout and "\x1b" not in r.stderr
+    # the same name on two hosts: two contexts, told apart by their host
+    assert '"\\u001b[2Jevil<script>/../x@a"' in r.stdout
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert sorted(os.listdir(tmp_path / "page")) == ["host-000.png", "host-001.png", "index.html"]
+    doc = json.loads(run_plan(*history, "--json").stdout)
+    assert sorted(c for h in doc["hosts"] for c in h["contexts"]) == [evil + "@a", evil + "@b"]
+    assert sum(1 for h in doc["hosts"] if h["contexts"]) == 1  # day + night on one host
