@@ -20,10 +20,10 @@ The search (a hand-written heuristic, see `optimise`):
 `--max-moves` starts from the current placement instead and spends moves on fixing
 overloaded hosts, then on emptying the hosts cheapest to empty, then on evening out.
 
-Why not CP-SAT: the percentile constraint needs one boolean per host and time point
-(4,032 points x 50 hosts in the benchmark), and each of those sums all contexts that
-may land there: the model alone is ~10^8 terms. On the small instances the tests use
-the heuristic already reaches the exhaustive optimum.
+Why not CP-SAT (benchmarks/plan_cpsat.py): the percentile constraint needs one boolean
+per host and time point, each summing all contexts that may land there. On the tests'
+small instances both reach the exhaustive optimum; at 150 contexts x 15 hosts x 672
+points CP-SAT finds no solution in 60 s where this finds 5 hosts in 2.5 s.
 """
 
 from __future__ import annotations
