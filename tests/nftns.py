@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 from collector.cgroup import CgroupSource  # noqa: E402
 from collector.procfs import ErrorCounts  # noqa: E402
 from collector.sampler import Sampler  # noqa: E402
-from collector.traffic import TrafficAccounting  # noqa: E402
+from collector.traffic import LibNft, NftError, NftTable, TrafficAccounting, run_nft  # noqa: E402
 from collector.vserver import VServerSource  # noqa: E402
 
 PORT = 5201
@@ -250,7 +250,10 @@ def scenario_vserver(fixture: str) -> dict:
         os.makedirs(ifdir)
         with open(os.path.join(ifdir, "ip"), "w") as f:
             f.write("127.0.1.5/8\n")
-        sampler = Sampler(VServerSource(os.path.join(root, "proc")),
+        # The recorded tree's processes, not the live ones: a live pid of the same
+        # number is in the host's network namespace, which is not this one.
+        proc = os.path.join(root, "proc")
+        sampler = Sampler(VServerSource(proc), proc,
                           traffic=TrafficAccounting("/sys/fs/cgroup"))
         server, client = Worker(""), Worker("")
         try:
@@ -288,11 +291,17 @@ def scenario_kill9() -> dict:
     p.kill()
     p.wait()
     out = {"after_kill": tables()}
-    t = TrafficAccounting("/sys/fs/cgroup")
+    # This start goes through the nft executable (the fallback where libnftables does
+    # not load); the other scenarios through libnftables in-process.
+    t = TrafficAccounting("/sys/fs/cgroup", table=NftTable(run=run_nft))
     t.start()
     out["after_restart"] = tables()
     t.close()
     out["after_close"] = tables()
+    try:
+        LibNft()(["list", "table", "inet", "ctxmon"])
+    except NftError as e:
+        out["libnft_error"] = str(e)
     return out
 
 

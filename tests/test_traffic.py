@@ -3,7 +3,6 @@ monotonic totals, and which contexts are matched how (no nftables needed)."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -97,22 +96,39 @@ def test_hybrid_host_paths_are_relative_to_sys_fs_cgroup():
     assert nft_ref("/mnt/cg2/a") == "../../../mnt/cg2/a"
 
 
-def _counters_json(*items) -> str:
-    return json.dumps({"nftables": [{"metainfo": {"version": "1.0.6"}}] + [
-        {"counter": {"family": f, "table": t, "name": n, "handle": 1, "packets": p, "bytes": b}}
-        for f, t, n, p, b in items]})
+def _counters_text(*items) -> str:
+    """What `nft list counters` prints (nft 1.0.6), tables in the order given."""
+    out, table = [], None
+    for f, t, n, p, b in items:
+        if (f, t) != table:
+            if table:
+                out.append("}")
+            out.append(f"table {f} {t} {{")
+            table = (f, t)
+        out += [f"\tcounter {n} {{", f"\t\tpackets {p} bytes {b}", "\t}"]
+    return "\n".join(out + ["}"]) + "\n"
 
 
 def test_parse_counters_takes_only_ours():
-    text = _counters_json(("inet", "ctxmon", "rx0", 3, 300), ("inet", "ctxmon", "tx0", 1, 60),
-                          ("inet", "other", "rx0", 9, 999), ("inet", "ctxmon", "evil", 1, 1))
+    text = _counters_text(("inet", "other", "rx0", 9, 999), ("inet", "ctxmon", "rx0", 3, 300),
+                          ("inet", "ctxmon", "tx0", 1, 60), ("ip", "ctxmon", "rx1", 7, 7),
+                          ("inet", "ctxmon2", "rx2", 5, 5))
     assert parse_counters(text) == {"rx0": (3, 300), "tx0": (1, 60)}
+    text = _counters_text(("inet", "ctxmon", "rx0", 3, 300), ("inet", "ctxmon", "evil", 1, 1),
+                          ("inet", "ctxmon", "tx0", 1, 60))
+    assert parse_counters(text) == {"rx0": (3, 300), "tx0": (1, 60)}
+    assert parse_counters("table inet ctxmon {\n}\n") == {}
+    assert parse_counters("") == {}  # what nft prints for a table without counters
 
 
-@pytest.mark.parametrize("text", ["", "nope", "[]", '{"nftables": 3}',
-                                  _counters_json(("inet", "ctxmon", "rx0", -1, 5)),
-                                  _counters_json(("inet", "ctxmon", "rx0", 1, "5"))])
-def test_parse_counters_rejects_what_is_not_nfts_json(text):
+@pytest.mark.parametrize("text", [
+    "nope", "table inet other {\n}\n", "xtable inet ctxmon {\n}\n",
+    "table inet ctxmon {\n\tcounter rx0 {\n",  # cut short
+    _counters_text(("inet", "ctxmon", "rx0", -1, 5)),
+    _counters_text(("inet", "ctxmon", "rx0", 1, "5x")),
+    _counters_text(("inet", "ctxmon", "rx0", 1, 1)).replace("\t\tpackets", "\t\tcomment \"x\"\n\t\tpackets"),
+])
+def test_parse_counters_rejects_what_is_not_nfts_listing(text):
     with pytest.raises(ValueError):
         parse_counters(text)
 
@@ -167,9 +183,10 @@ class FakeNft:
         self.calls.append((tuple(args), stdin))
         if self.fail_with:
             raise NftError(self.fail_with)
-        if args[0] == "-j":
-            return _counters_json(*[("inet", "ctxmon", n, p, b)
-                                    for n, (p, b) in self.counters.items()])
+        if args[0] == "list":
+            return _counters_text(*[("inet", "ctxmon", n, p, b)
+                                    for n, (p, b) in self.counters.items()]) \
+                if self.counters else "table inet ctxmon {\n}\n"
         return ""
 
 

@@ -107,3 +107,5 @@ def test_kill_9_then_restart_leaves_one_table():
     assert r["after_kill"].count("table inet ctxmon") == 1
     assert r["after_restart"].count("table inet ctxmon") == 1
     assert "table inet ctxmon" not in r["after_close"]
+    # libnftables' errors come back as nft's one line.
+    assert r["libnft_error"].startswith("Error: No such file or directory"), r
