@@ -725,9 +725,9 @@ class CgroupSource(Source):
         # reads as missing files: keep what there is.
         try:
             if self.v2_dir:
-                user, system = self._v2_cpu(os.path.join(self.v2_dir, path), errors)
+                user, system = self._v2_cpu(f"{self.v2_dir}/{path}", errors)
             elif "cpuacct" in self.v1_dirs:
-                user, system = self._v1_cpu(os.path.join(self.v1_dirs["cpuacct"], path), errors)
+                user, system = self._v1_cpu(f"{self.v1_dirs['cpuacct']}/{path}", errors)
         except _Gone:
             pass
         for row in (self._memory(path, errors), self._pids(path, errors)):
@@ -754,44 +754,44 @@ class CgroupSource(Source):
             return None
 
     def _v2_cpu(self, d: str, errors: ErrorCounts) -> tuple[float | None, float | None]:
-        cpu = self._file(os.path.join(d, "cpu.stat"), parse_cpu_stat, errors, missing_ok=False)
+        cpu = self._file(f"{d}/cpu.stat", parse_cpu_stat, errors, missing_ok=False)
         return cpu if cpu is not None else (None, None)
 
     def _v1_cpu(self, d: str, errors: ErrorCounts) -> tuple[float | None, float | None]:
         try:
-            user = self._files.parsed(os.path.join(d, "cpuacct.usage_user"), parse_int)
-            system = self._files.parsed(os.path.join(d, "cpuacct.usage_sys"), parse_int)
+            user = self._files.parsed(f"{d}/cpuacct.usage_user", parse_int)
+            system = self._files.parsed(f"{d}/cpuacct.usage_sys", parse_int)
             return user / 1e9, system / 1e9
         except (OSError, ParseError):
             pass  # older kernels: no usage_user/usage_sys, use cpuacct.stat
-        cpu = self._file(os.path.join(d, "cpuacct.stat"), parse_cpuacct_stat, errors,
+        cpu = self._file(f"{d}/cpuacct.stat", parse_cpuacct_stat, errors,
                          missing_ok=False)
         return cpu if cpu is not None else (None, None)
 
     def _memory(self, path: str, errors: ErrorCounts) -> LimitRow | None:
         f = self._file
         if self.v2_dir:
-            d = os.path.join(self.v2_dir, path)
-            current = f(os.path.join(d, "memory.current"), parse_int, errors)
+            d = f"{self.v2_dir}/{path}"
+            current = f(f"{d}/memory.current", parse_int, errors)
             if current is not None:
-                events = f(os.path.join(d, "memory.events"), parse_flat_keyed, errors) or {}
+                events = f(f"{d}/memory.events", parse_flat_keyed, errors) or {}
                 return LimitRow(
                     "memory", "bytes", current,
-                    maximum=f(os.path.join(d, "memory.peak"), parse_int, errors),
-                    soft=f(os.path.join(d, "memory.high"), parse_limit, errors),
-                    hard=f(os.path.join(d, "memory.max"), parse_limit, errors),
+                    maximum=f(f"{d}/memory.peak", parse_int, errors),
+                    soft=f(f"{d}/memory.high", parse_limit, errors),
+                    hard=f(f"{d}/memory.max", parse_limit, errors),
                     hits=events.get("max", 0),
                 )
         if "memory" in self.v1_dirs:  # v1, or a hybrid host's v1 memory controller
-            d = os.path.join(self.v1_dirs["memory"], path)
-            current = f(os.path.join(d, "memory.usage_in_bytes"), parse_int, errors)
+            d = f"{self.v1_dirs['memory']}/{path}"
+            current = f(f"{d}/memory.usage_in_bytes", parse_int, errors)
             if current is not None:
                 return LimitRow(
                     "memory", "bytes", current,
-                    maximum=f(os.path.join(d, "memory.max_usage_in_bytes"), parse_int, errors),
-                    soft=f(os.path.join(d, "memory.soft_limit_in_bytes"), parse_v1_limit, errors),
-                    hard=f(os.path.join(d, "memory.limit_in_bytes"), parse_v1_limit, errors),
-                    hits=f(os.path.join(d, "memory.failcnt"), parse_int, errors) or 0,
+                    maximum=f(f"{d}/memory.max_usage_in_bytes", parse_int, errors),
+                    soft=f(f"{d}/memory.soft_limit_in_bytes", parse_v1_limit, errors),
+                    hard=f(f"{d}/memory.limit_in_bytes", parse_v1_limit, errors),
+                    hits=f(f"{d}/memory.failcnt", parse_int, errors) or 0,
                 )
         return None
 
@@ -800,15 +800,15 @@ class CgroupSource(Source):
         for base in (self.v2_dir, self.v1_dirs.get("pids")):
             if not base:
                 continue
-            d = os.path.join(base, path)
-            current = self._file(os.path.join(d, "pids.current"), parse_int, errors)
+            d = f"{base}/{path}"
+            current = self._file(f"{d}/pids.current", parse_int, errors)
             if current is None:
                 continue
-            events = self._file(os.path.join(d, "pids.events"), parse_flat_keyed, errors) or {}
+            events = self._file(f"{d}/pids.events", parse_flat_keyed, errors) or {}
             return LimitRow(
                 "pids", "count", current,
-                maximum=self._file(os.path.join(d, "pids.peak"), parse_int, errors),
-                hard=self._file(os.path.join(d, "pids.max"), parse_limit, errors),
+                maximum=self._file(f"{d}/pids.peak", parse_int, errors),
+                hard=self._file(f"{d}/pids.max", parse_limit, errors),
                 hits=events.get("max", 0),
             )
         return None
@@ -826,12 +826,12 @@ class CgroupSource(Source):
         v2's figures include descendants; v1's `total_*` do (its plain rss/cache are
         this cgroup's own only), as memory.usage_in_bytes does."""
         if self.v2_dir:
-            stat = self._file(os.path.join(self.v2_dir, path, "memory.stat"), parse_flat_keyed,
+            stat = self._file(f"{self.v2_dir}/{path}/memory.stat", parse_flat_keyed,
                               errors)
             if stat is not None:
                 return _memory_split(stat, "anon", "file")
         if "memory" in self.v1_dirs:
-            stat = self._file(os.path.join(self.v1_dirs["memory"], path, "memory.stat"),
+            stat = self._file(f"{self.v1_dirs['memory']}/{path}/memory.stat",
                               parse_flat_keyed, errors)
             if stat is not None:
                 return _memory_split(stat, "total_rss", "total_cache")

@@ -107,8 +107,8 @@ class HeldFiles:
         self.clock = clock
         self._fds: dict[str, int] = {}
         self._used: set[str] = set()
-        # dir -> {name: when to look again}; a dir's entries go when a held file in it
-        # fails (the cgroup was removed, maybe made again with other controllers).
+        # dir -> {name: when to look again}; all go when a held file fails (a cgroup
+        # was removed, maybe made again with other controllers).
         self._missing: dict[str, dict[str, float]] = {}
         self._parsed: dict[str, tuple[bytes, Callable, object]] = {}
 
@@ -134,6 +134,7 @@ class HeldFiles:
             return read_file(path, cap)
         self._used.add(path)
         fd = self._fds.get(path)
+        in_flux = fd is not None  # if the held one fails: its cgroup is coming or going
         if fd is not None:
             try:
                 return read_fd(fd, cap)
@@ -141,11 +142,12 @@ class HeldFiles:
                 raise
             except OSError:
                 # The file's cgroup or process is gone (maybe made again since): the
-                # fd stays bound to the old one. Open afresh, and look again for the
-                # files its directory did not have.
+                # fd stays bound to the old one. Open afresh, and look again for every
+                # file found missing (a cgroup made again may have other controllers,
+                # in this hierarchy and in the others).
                 del self._fds[path]
                 os.close(fd)
-                self._missing.pop(os.path.dirname(path), None)
+                self._missing.clear()
         d, _, name = path.rpartition("/")
         missing = self._missing.get(d)
         if missing is not None and name in missing:
@@ -155,7 +157,9 @@ class HeldFiles:
         try:
             fd = open_regular(path)
         except OSError as e:
-            if e.errno == errno.ENOENT and os.path.isdir(d):
+            # Also when the directory is missing (a cgroup absent from one hierarchy):
+            # a context that goes away is swept, one made again is looked at afresh.
+            if e.errno == errno.ENOENT and not in_flux:
                 self._missing.setdefault(d, {})[name] = self.clock() + self.recheck_missing
             raise
         try:
