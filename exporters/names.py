@@ -29,6 +29,7 @@ holds `=` (it is escaped as `%3D`), so a hashed name cannot equal a plain one; i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -61,6 +62,7 @@ def _tokens(name: str) -> list[str]:
     return [_token(ch, i == 0) for i, ch in enumerate(name)]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # every poll encodes every context's name again
 def encode_name(name: str) -> str:
     """Map any context or interface name to a safe, unique file name (see module doc)."""
     tokens = _tokens(name)
