@@ -183,7 +183,9 @@ class Daemon:
             self.stats.polls += 1
             self.stats.last_poll_duration = time.monotonic() - t0
             self.stats.last_poll_end = time.time()
-            self.latest = snap  # from now on scrapes see it (the first renders its text)
+            self.latest = snap  # from now on scrapes see it
+            if self.server is not None:  # its text: rendered now if scraped lately, else lazily
+                self.server.registry.snapshot_collector.published()
             log.debug(
                 "poll %d: %d contexts, %d processes, %.0f ms (sample %.0f ms)",
                 self.stats.polls, len(snap.contexts),
