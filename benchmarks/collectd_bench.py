@@ -2,9 +2,13 @@
 """CPU per poll: `ctxmon run` next to collectd 5.12 on the same contexts, same run.
 
 For each size N (default 100, 1,000 and 5,000) this makes N contexts: one sleeping
-process each, in a v1 `cpuacct` cgroup `bench-NNNNN.service` (what collectd's
-`cgroups` plugin reads) and a v2 cgroup of the same name under the cgroup2 mount
-(what ctxmon's built-in `*.service` rule names). Then, per way of writing RRD files,
+process each, in a v1 `cpuacct` cgroup `ctxbench-<tag>/bench-NNNNN` (what collectd's
+`cgroups` plugin reads) and a v2 cgroup of the same name under the cgroup2 mount,
+which ctxmon's config names by a `[[collector.rule]]` (a rule costs what the
+built-in `*.service` rule costs: each path is matched once). Not `*.service` units on
+purpose: every other ctxmon on a shared host (a test suite's daemons polling the live
+host at a 1 s step) would make three RRD files for each of them. Then, per way of
+writing RRD files,
 it starts both daemons in the foreground with configs of their own in a temporary
 directory, nobody scraping:
 
@@ -266,6 +270,9 @@ def ctxmon_config(base: str, interval: int, rrdcached: str | None,
             f'[rrd]\ndir = "{base}/rrd"\nstep = "{interval}s"\ndaemon = "{rrdcached or ""}"\n\n'
             f'[exporter]\nlisten = "127.0.0.1:{free_port()}"\n\n'
             '[graphs]\nenabled = false\n'
+            # The contexts: named by a rule, not as `*.service` units (see the module doc).
+            + ('\n[[collector.rule]]\nglob = "ctxbench-*/bench-*"\nname = "bench-{2}"\n'
+               if source == "cgroup" else "")
         )
     return conf
 
