@@ -305,6 +305,65 @@ def scenario_kill9() -> dict:
     return out
 
 
+def scenario_daemon(workdir: str) -> dict:
+    """`ctxmon run` with `[traffic] accounting = "nftables"`, as an admin runs it: the
+    series on /metrics, traffic.rrd, the table gone after SIGTERM. Run in a private
+    pid namespace too (`unshare -p -f --mount-proc`), so the daemon sees only this
+    scenario's processes and writes RRD files for them alone."""
+    from daemonproc import POLLED, Daemon, write_config
+
+    import pathlib
+    base_name = f"ctxmon-nftdaemon-{os.getpid()}"
+    base = f"/sys/fs/cgroup/{base_name}"
+    for d in ("client", "server"):
+        os.makedirs(f"{base}/{d}")
+    work = pathlib.Path(workdir)
+    config = write_config(work / "ctxmon.toml", work / "rrd", extra=f"""
+[[collector.rule]]
+glob = "{base_name}/*"
+name = "nft-{{1}}"
+
+[traffic]
+accounting = "nftables"
+""")
+    out: dict = {"neighbour": [neighbour()]}
+    workers: list[Worker] = []
+    daemon = None
+    try:
+        server, client = Worker(f"{base}/server"), Worker(f"{base}/client")
+        workers += [server, client]
+        assert server.ask(f"listen {PORT}") == "ok"
+        daemon = Daemon(config, work / "daemon.log")
+        daemon.wait_for_log(POLLED, limit=30)
+        out["tables_running"] = tables()
+        ref0 = reference()
+        transfer(server, client, 5_000_000)
+        ref1 = reference()
+        out["sent"] = ref1["to_port"] - ref0["to_port"]
+        polls = daemon.text().count(POLLED)
+        daemon.wait_for_log(POLLED, limit=30, count=polls + 2)
+        out["metrics"] = [line for line in daemon.metrics().splitlines()
+                          if line.startswith("ctxmon_context_traffic_")]
+        out["neighbour"].append(neighbour())
+        out["exit"] = daemon.stop()
+        out["log"] = daemon.text()[-100_000:]
+    finally:
+        if daemon is not None and daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait()
+        for w in workers:
+            w.p.kill()
+            w.p.wait()
+        for d in ("client", "server"):
+            os.rmdir(f"{base}/{d}")
+        os.rmdir(base)
+    out["tables_after_exit"] = tables()
+    out["neighbour"].append(neighbour())
+    out["rrd_files"] = sorted(os.path.relpath(os.path.join(d, f), work / "rrd")
+                              for d, _, fs in os.walk(work / "rrd") for f in fs)
+    return out
+
+
 def main() -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     setup_namespace()

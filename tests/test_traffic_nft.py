@@ -26,8 +26,9 @@ def _unavailable() -> str | None:
 pytestmark = pytest.mark.skipif(_unavailable() is not None, reason=_unavailable() or "")
 
 
-def run_scenario(*args: str) -> dict:
-    p = subprocess.run(["unshare", "-m", "-n", "--", sys.executable,
+def run_scenario(*args: str, pid_ns: bool = False) -> dict:
+    own_pids = ["-p", "-f", "--mount-proc"] if pid_ns else []
+    p = subprocess.run(["unshare", "-m", "-n", *own_pids, "--", sys.executable,
                         os.path.join(HERE, "nftns.py"), *args],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -109,3 +110,27 @@ def test_kill_9_then_restart_leaves_one_table():
     assert "table inet ctxmon" not in r["after_close"]
     # libnftables' errors come back as nft's one line.
     assert r["libnft_error"].startswith("Error: No such file or directory"), r
+
+
+def test_daemon_exports_the_series_writes_rrd_and_removes_its_table_at_exit(tmp_path):
+    r = run_scenario("daemon", str(tmp_path), pid_ns=True)
+    assert r["exit"] == 0, r["log"]
+    assert r["tables_running"].count("table inet ctxmon") == 1
+    series = {}
+    for line in r["metrics"]:
+        name, value = line.rsplit(" ", 1)
+        series[name] = float(value)
+    key = 'ctxmon_context_traffic_transmit_bytes_total{context="nft-client",method="cgroup"}'
+    assert key in series, r["metrics"]
+    assert near(series[key], r["sent"], 0.05), (series[key], r["sent"])
+    rx = 'ctxmon_context_traffic_receive_bytes_total{context="nft-server",method="cgroup"}'
+    assert near(series[rx], r["sent"], 0.05), (series[rx], r["sent"])
+    assert "traffic: accounting in nftables table inet ctxmon" in r["log"]
+    assert "Traceback" not in r["log"]
+    # SIGTERM deleted the table; the neighbour's table never changed.
+    assert "table inet ctxmon" not in r["tables_after_exit"]
+    assert len(set(r["neighbour"])) == 1
+    # One RRD file per counted context; none for processes outside the scenario.
+    traffic_files = [f for f in r["rrd_files"] if f.endswith("traffic.rrd")]
+    assert len(traffic_files) == 2, r["rrd_files"]
+    assert len(r["rrd_files"]) < 40, r["rrd_files"]
