@@ -36,7 +36,7 @@ demo: setup
 	$(VENV)/bin/ctxmon plan --history vs1=var/demo/vs1 --history vs2=var/demo/vs2 \
 		--history vs3=var/demo/vs3 --html var/demo/plan
 
-test: setup test-deps
+test: setup test-deps $(VENV)/.installed-test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 setup: deps $(VENV)/.installed
@@ -47,11 +47,23 @@ deps:
 test-deps:
 	@./.ci/apt-install --missing $(TEST_PACKAGES)
 
+# `make run` installs what ctxmon runs on; `make test` adds the test tools. Each step
+# says what it installs (pip itself stays quiet).
+PROJECT_LIST = $(PYTHON) -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(", ".join(p["optional-dependencies"][sys.argv[1]] if len(sys.argv) > 1 else p["dependencies"]))'
+
 $(VENV)/.installed: pyproject.toml
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test]'
-	touch $@
+	@test -x $(VENV)/bin/python || { echo "setup: creating the virtualenv $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "setup: upgrading pip in $(VENV)"
+	@$(VENV)/bin/python -m pip install -q --upgrade pip
+	@echo "setup: installing ctxmon (editable) into $(VENV) with: $$($(PROJECT_LIST))"
+	@$(VENV)/bin/python -m pip install -q -e .
+	@rm -f $(VENV)/.installed-test
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	@echo "setup: installing the test tools into $(VENV): $$($(PROJECT_LIST) test)"
+	@$(VENV)/bin/python -m pip install -q -e '.[test]'
+	@touch $@
 
 # The benchmark's baseline (collectd with its cgroups and rrdtool plugins) and the
 # rrdcached both tools write through in its second half.

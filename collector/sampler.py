@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from types import MappingProxyType
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .catalog import DEPARTED_STATE_SECONDS
 from .hostinfo import HostCapacity
@@ -30,7 +30,9 @@ from .procfs import (
 )
 from .snapshot import ContextSample, InterfaceSample, Snapshot, unique_label
 from .source import ContextIdentity, KernelAccounting, Source
-from .traffic import TrafficAccounting
+
+if TYPE_CHECKING:  # only the daemon has traffic accounting: `ctxmon stat` skips nft's
+    from .traffic import TrafficAccounting
 
 log = logging.getLogger(__name__)
 

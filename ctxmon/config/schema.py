@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from alerts.model import AlertsConfig
+from ctxmon.errors import ConfigError, _one_line  # noqa: F401 (re-exported)
 from exporters.addresses import parse_listen as _parse_listen
 from exporters.passwords import BCRYPT_COSTS  # noqa: F401 (one range, shared)
 
@@ -44,28 +45,6 @@ MAX_NAME = 200  # characters of an alert name, a glob, a user
 MAX_TEXT = 4096  # characters of a summary, a command argument, a URL
 
 
-class ConfigError(Exception):
-    """A configuration problem; `str()` is one line: `FILE:LINE: KEY: message`."""
-
-    def __init__(self, message: str, path: str | None = None, line: int | None = None,
-                 key: str | None = None):
-        # One line whatever the parts contain: the CLI prints it as a log line.
-        self.message = _one_line(message)
-        self.path = path
-        self.line = line
-        self.key = key
-        super().__init__(self._text())
-
-    def _text(self) -> str:
-        where = ""
-        if self.path is not None:
-            where = _one_line(self.path) + (f":{self.line}" if self.line else "") + ": "
-        key = f"{_one_line(self.key)}: " if self.key else ""
-        return where + key + self.message
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).splitlines())
 
 
 

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""How long does the `ctxmon` command take as a whole process, next to its baselines
+in the same run?
+
+- `ctxmon --version` against `python3 -c pass` (target: at most 2x);
+- `ctxmon stat` on the host as it is (idle) against `python3 -c pass` (at most 4x);
+- with N sleeping processes (default 20,000) in G real v2 cgroups (default 8),
+  `ctxmon stat --json` against `ps -e -o pid,vsz,rss,times,cgroup` (at most 0.5x).
+
+The commands of one comparison run interleaved (a, b, a, b, ...), so a load change
+on the machine hits both alike; medians of the wall times. Spawns and removes its
+processes and cgroups (also on Ctrl-C). Run as root:
+
+    .venv/bin/python benchmarks/startup_bench.py [--processes 20000] [--repeat 15]
+
+`python -X importtime -m ctxmon.cli stat` shows where a command's start-up goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from sample_bench import kill_cgroup, spawn_group, v2_root  # noqa: E402
+
+CTXMON = os.path.join(os.path.dirname(sys.executable), "ctxmon")
+# The baseline is the interpreter ctxmon runs on, with the same site-packages: a
+# system python3 may load other .pth files at start (here one imports certifi).
+PYTHON3 = sys.executable
+
+
+def run(argv: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user+system) of one run of `argv`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def compare(a: list[str], b: list[str], repeat: int):
+    """Median (wall, CPU) seconds of `a` and of `b`, interleaved after a warm-up each."""
+    run(a), run(b)
+    ta, tb = [], []
+    for _ in range(repeat):
+        ta.append(run(a))
+        tb.append(run(b))
+
+    def medians(ts):
+        return statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)
+    return medians(ta), medians(tb)
+
+
+def line(what: str, ours, base, base_name: str, target: float) -> str:
+    """Wall medians and their ratio (the target is on it), CPU medians beside: on a
+    loaded machine wall time includes waiting for a core."""
+    ratio = ours[0] / base[0]
+    verdict = "ok" if ratio <= target else "over target"
+    return (f"{what:<36} {ours[0] * 1e3:8.1f} ms  vs  {base_name:<33} {base[0] * 1e3:8.1f} ms"
+            f"  = {ratio:5.2f}x wall (target <= {target:g}x: {verdict});"
+            f"  CPU {ours[1] * 1e3:.0f} vs {base[1] * 1e3:.0f} ms = {ours[1] / base[1]:.2f}x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--processes", type=int, default=20000)
+    ap.add_argument("--groups", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=15)
+    args = ap.parse_args()
+    pass_ = [PYTHON3, "-c", "pass"]
+    rows = []
+    v, p = compare([CTXMON, "--version"], pass_, args.repeat)
+    rows.append(line("ctxmon --version", v, p, "python3 -c pass (venv)", 2))
+    s, p = compare([CTXMON, "stat"], pass_, args.repeat)
+    rows.append(line("ctxmon stat (idle host)", s, p, "python3 -c pass (venv)", 4))
+    print("\n".join(rows), flush=True)
+
+    if os.geteuid() != 0:
+        sys.exit("startup_bench: the many-process case needs root (cgroups)")
+    root = v2_root()
+    tag = uuid.uuid4().hex[:8]
+    groups = [os.path.join(root, f"ctxbench-start-{tag}-{i}.service") for i in range(args.groups)]
+    procs = []
+    try:
+        per = args.processes // args.groups
+        for cg in groups:
+            os.mkdir(cg)
+            procs.append(spawn_group(cg, per))
+        total = sum(1 for d in os.listdir("/proc") if d.isdigit())
+        cgroups = int(subprocess.run([CTXMON, "stat", "--json"], capture_output=True,
+                                     text=True).stdout.count("\n")) - 1
+        s, ps = compare([CTXMON, "stat", "--json"],
+                        ["ps", "-e", "-o", "pid,vsz,rss,times,cgroup"], max(5, args.repeat // 3))
+        print(line(f"stat --json ({total} procs, {cgroups} ctx)", s, ps,
+                   "ps -e -o pid,vsz,rss,times,cgroup", 0.5))
+    finally:
+        for p in procs:
+            p.kill()
+        for cg in groups:
+            if os.path.isdir(cg):
+                kill_cgroup(cg)
+
+
+if __name__ == "__main__":
+    main()
