@@ -273,7 +273,7 @@ def test_too_little_history_is_refused(tmp_path):
 # ------------------------------------------------------------------ bad input
 
 
-def one_line_exit_2(r: subprocess.CompletedProcess, *needles: str) -> None:
+def one_line_exit_2(r, *needles: str) -> None:
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ctxmon: plan: "), r.stderr
@@ -282,32 +282,40 @@ def one_line_exit_2(r: subprocess.CompletedProcess, *needles: str) -> None:
         assert n in lines[0], lines[0]
 
 
-def test_bad_input_is_one_line_exit_2(tmp_path, day_and_night):
+def test_bad_input_is_one_line_exit_2(tmp_path, day_and_night, capsys):
+    """In-process (`ctxmon.cli.main`, the code `python -m ctxmon.cli` runs): a dozen
+    interpreter starts would only add time."""
+    from ctxmon.cli import main
+
+    def plan(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        rc = main(["plan", "--end", str(END), "--days", str(DAYS), *args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, rc, out, err)
+
     history, _ = day_and_night
-    one_line_exit_2(run_plan("--history", f"x={tmp_path / 'missing'}", check=False),
-                    "x:", "no such directory")
+    one_line_exit_2(plan("--history", f"x={tmp_path / 'missing'}"), "x:", "no such directory")
     os.makedirs(tmp_path / "empty")
-    one_line_exit_2(run_plan("--history", f"x={tmp_path / 'empty'}", check=False),
-                    "no RRD files")
+    one_line_exit_2(plan("--history", f"x={tmp_path / 'empty'}"), "no RRD files")
     os.makedirs(tmp_path / "emptyctx" / "ctx")
-    one_line_exit_2(run_plan("--history", f"x={tmp_path / 'emptyctx'}", check=False),
-                    "no context has a cpu.rrd")
+    one_line_exit_2(plan("--history", f"x={tmp_path / 'emptyctx'}"), "no context has a cpu.rrd")
     nocap = write_host(tmp_path, "nocap", 8, 32 * GiB, {"w": (np.full(POINTS, 1.0), GiB)},
                        capacity=False)
-    one_line_exit_2(run_plan("--history", f"nocap={nocap}", check=False),
+    one_line_exit_2(plan("--history", f"nocap={nocap}"),
                     "host nocap has no capacity", "--host nocap=CPUS,MEMORY")
     # ... which --host supplies
-    assert run_plan("--history", f"nocap={nocap}", "--host", "nocap=8,32GiB").returncode == 0
-    one_line_exit_2(run_plan(*history, "--keep", "nobody=host0", check=False),
-                    "--keep nobody=host0: no context 'nobody'")
-    one_line_exit_2(run_plan(*history, "--move", "nobody=host0", check=False),
-                    "--move nobody=host0: no context 'nobody'")
-    one_line_exit_2(run_plan(*history, "--move", "office1=nowhere", check=False),
-                    "no host 'nowhere'")
-    one_line_exit_2(run_plan(*history, "--host", "new=eight,32GiB", check=False),
-                    "CPUS 'eight' is not a number")
-    one_line_exit_2(run_plan(*history, "--host", "new=8,lots", check=False), "not a size")
-    one_line_exit_2(run_plan(*history, "--history", "host0=/x", check=False), "given twice")
+    assert plan("--history", f"nocap={nocap}", "--host", "nocap=8,32GiB").returncode == 0
+    one_line_exit_2(plan(*history, "--keep", "nobody=host0"), "--keep nobody=host0: no context 'nobody'")
+    one_line_exit_2(plan(*history, "--move", "nobody=host0"), "--move nobody=host0: no context 'nobody'")
+    one_line_exit_2(plan(*history, "--move", "office1=nowhere"), "no host 'nowhere'")
+    one_line_exit_2(plan(*history, "--host", "new=eight,32GiB"), "CPUS 'eight' is not a number")
+    one_line_exit_2(plan(*history, "--host", "new=8,lots"), "not a size")
+    one_line_exit_2(plan(*history, "--history", "host0=/x"), "given twice")
+    badcap = write_host(tmp_path, "badcap", 8, 32 * GiB, {"w": (np.full(POINTS, 1.0), GiB)})
+    with open(os.path.join(badcap, "host", "capacity.json"), "w") as f:
+        f.write("{")
+    one_line_exit_2(plan("--history", f"b={tmp_path / 'badcap'}"), "unreadable capacity file")
+    # and through a real process: no config, no history
     r = subprocess.run([sys.executable, "-m", "ctxmon.cli", "plan"], capture_output=True, text=True)
     one_line_exit_2(r, "give -c FILE")
 
@@ -410,3 +418,12 @@ def test_hostile_names_never_reach_the_terminal_or_the_page_raw(tmp_path):
     doc = json.loads(run_plan(*history, "--json").stdout)
     assert sorted(c for h in doc["hosts"] for c in h["contexts"]) == [evil + "@a", evil + "@b"]
     assert sum(1 for h in doc["hosts"] if h["contexts"]) == 1  # day + night on one host
+
+
+def test_the_sampler_reports_this_hosts_capacity():
+    from collector.hostinfo import HostCapacity
+
+    cpus, memory = HostCapacity("/proc").get()
+    assert cpus == os.cpu_count()
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 0.5 * physical <= memory <= physical
