@@ -427,3 +427,18 @@ def test_the_sampler_reports_this_hosts_capacity():
     assert cpus == os.cpu_count()
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert 0.5 * physical <= memory <= physical
+
+
+def test_hosts_with_other_steps_and_archive_layouts_share_one_grid(tmp_path):
+    """Host a keeps 30-minute rows in ctxmon's own archive layout, host b hourly rows in
+    one plain archive: the grid is hourly, a's half hours averaged onto it."""
+    half = np.tile(np.array([0.5, 3.5]), POINTS)  # 30-minute points: 0.5, 3.5, 0.5 ...
+    a = str(tmp_path / "a")
+    write_capacity(a, 8, 32 * GiB, "a")
+    write_context(a, "fine", START, STEP // 2, half, np.full(2 * POINTS, GiB))
+    b = write_host(tmp_path, "b", 8, 32 * GiB, {"coarse": (day_night(13, 4.0, 1.0), GiB)})
+    doc = json.loads(run_plan("--history", f"a={a}", "--history", f"b={b}", "--json").stdout)
+    hourly = {"fine": (np.full(POINTS, 2.0), GiB), "coarse": (day_night(13, 4.0, 1.0), GiB)}
+    check_plan(doc, hourly, Targets())
+    used = [h for h in doc["hosts"] if h["contexts"]]
+    assert len(used) == 1 and used[0]["cpu_peak_cores"] == pytest.approx(6.0)
