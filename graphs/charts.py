@@ -111,6 +111,7 @@ _THRESHOLD_METRICS: dict[str, dict[str, tuple[str, float | str]]] = {
     "ctx-tasks": {"processes": ("processes", 1.0), "threads": ("threads", 1.0)},
     # The rules compare the sum over the context's own interfaces: drawn on each.
     "traffic": {"net_receive_bps": ("In", 1.0), "net_transmit_bps": ("Out", 1.0)},
+    "ctx-traffic": {"traffic_receive_bps": ("In", 1.0), "traffic_transmit_bps": ("Out", 1.0)},
 }
 
 
@@ -212,7 +213,7 @@ class ChartBuilder:
             values = align(s.column(ds), s.start, s.step, avg.start, avg.step, n)
             return [v * factor for v in values] if factor != 1.0 else values
 
-        if spec.kind == "traffic":
+        if spec.kind in ("traffic", "ctx-traffic"):  # traffic.rrd has net-*.rrd's names
             rows = (("In", IN_COLOR, "area", "rx_bytes"), ("Out", OUT_COLOR, "line", "tx_bytes"))
             factor, ylabel, base = 8.0, "bits per second", 1000
         elif spec.kind == "ctx-cpu":

@@ -23,7 +23,7 @@ class GraphSpec:
     """One graph (for every period): a PNG per period, `<stem>-<period>.png`."""
 
     stem: str  # path under the graphs folder without the period, e.g. ctx/<enc>/cpu
-    kind: str  # host-cpu host-mem host-tasks traffic ctx-cpu ctx-mem ctx-tasks
+    kind: str  # host-cpu host-mem host-tasks traffic ctx-cpu ctx-mem ctx-tasks ctx-traffic
     title: str  # without the period
     files: tuple[RrdFile, ...]
     context: str | None = None
@@ -99,6 +99,9 @@ def make_plan(files: Iterable[RrdFile]) -> Plan:
             if kind in c.files:
                 specs.append(GraphSpec(f"{PAGES_DIR}/{c.slug}/{kind}", "ctx-" + kind, f"{label} {what}",
                                        (c.files[kind],), c.name))
+        if "traffic" in c.files:  # [traffic] accounting: one figure, however measured
+            specs.append(GraphSpec(f"{PAGES_DIR}/{c.slug}/traffic", "ctx-traffic", f"{label} traffic",
+                                   (c.files["traffic"],), c.name))
         for name, slug, rf in sorted(c.interfaces, key=lambda x: (x[0], x[1])):
             specs.append(GraphSpec(f"{PAGES_DIR}/{c.slug}/net-{slug}", "traffic",
                                    f"{label} {display_name(name)} traffic", (rf,), c.name))
