@@ -226,6 +226,12 @@ def scenario_cgroup() -> dict:
         s4 = sampler.sample()
         out["back_after"] = traffic_of(s4, "nft-client")
         out["errors"] = dict(s4.errors)
+        # Someone deletes our table: the next poll makes it anew, counting on upwards.
+        sh("nft", "delete", "table", "inet", "ctxmon")
+        sampler.sample()
+        out["tables_after_recreate"] = tables()
+        transfer(server, client, 1_000_000)
+        out["after_delete"] = traffic_of(sampler.sample(), "nft-client")
     finally:
         for w in workers:
             w.p.kill()

@@ -70,6 +70,12 @@ def test_context_removed_and_recreated_counts_upwards(cgroup_run):
         assert r["back_after"][k] >= r["back"][k] >= first[k]
 
 
+def test_table_deleted_by_someone_is_made_anew_and_counts_on(cgroup_run):
+    r = cgroup_run
+    assert r["tables_after_recreate"].count("table inet ctxmon") == 1
+    assert r["after_delete"]["tx_bytes"] - r["back_after"]["tx_bytes"] >= 1_000_000
+
+
 def test_hostile_cgroup_name_never_reaches_nft_input_and_still_counts(cgroup_run):
     r = cgroup_run
     # The name carries `" } ; delete table inet neighbour ...`: it went to nft as a
