@@ -19,6 +19,7 @@ processes and cgroups (also on Ctrl-C). Run as root:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -35,6 +36,7 @@ CTXMON = os.path.join(os.path.dirname(sys.executable), "ctxmon")
 # The baseline is the interpreter ctxmon runs on, with the same site-packages: a
 # system python3 may load other .pth files at start (here one imports certifi).
 PYTHON3 = sys.executable
+RECORDED = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "vs20", "proc")
 
 
 def run(argv: list[str]) -> tuple[float, float]:
@@ -72,7 +74,8 @@ def line(what: str, ours, base, base_name: str, target: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--processes", type=int, default=20000)
+    ap.add_argument("--processes", type=int, default=20000,
+                    help="sleeping processes for the last comparison (0: skip it)")
     ap.add_argument("--groups", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=15)
     args = ap.parse_args()
@@ -80,9 +83,16 @@ def main() -> None:
     rows = []
     v, p = compare([CTXMON, "--version"], pass_, args.repeat)
     rows.append(line("ctxmon --version", v, p, "python3 -c pass (venv)", 2))
+    # An idle host, whatever else runs on this one: a recorded tree (5 guests).
+    s, p = compare([CTXMON, "stat", "--proc-root", RECORDED], pass_, args.repeat)
+    rows.append(line("ctxmon stat (recorded idle host)", s, p, "python3 -c pass (venv)", 4))
+    n = len(json.loads(subprocess.run([CTXMON, "stat", "--json"], capture_output=True,
+                                      text=True).stdout))
     s, p = compare([CTXMON, "stat"], pass_, args.repeat)
-    rows.append(line("ctxmon stat (idle host)", s, p, "python3 -c pass (venv)", 4))
+    rows.append(line(f"ctxmon stat (this host, {n} ctx)", s, p, "python3 -c pass (venv)", 4))
     print("\n".join(rows), flush=True)
+    if args.processes <= 0:
+        return
 
     if os.geteuid() != 0:
         sys.exit("startup_bench: the many-process case needs root (cgroups)")
@@ -96,8 +106,8 @@ def main() -> None:
             os.mkdir(cg)
             procs.append(spawn_group(cg, per))
         total = sum(1 for d in os.listdir("/proc") if d.isdigit())
-        cgroups = int(subprocess.run([CTXMON, "stat", "--json"], capture_output=True,
-                                     text=True).stdout.count("\n")) - 1
+        cgroups = len(json.loads(subprocess.run([CTXMON, "stat", "--json"],
+                                                capture_output=True, text=True).stdout))
         s, ps = compare([CTXMON, "stat", "--json"],
                         ["ps", "-e", "-o", "pid,vsz,rss,times,cgroup"], max(5, args.repeat // 3))
         print(line(f"stat --json ({total} procs, {cgroups} ctx)", s, ps,
