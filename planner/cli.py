@@ -174,6 +174,9 @@ def run(args: argparse.Namespace, local_dir: str | None = None) -> int:
                 refused = dict(problem.refused)
                 why = f" ({refused[ctx]})" if ctx in refused else ""
                 raise PlanError(f"{option} {ctx}={host}: no context {ctx!r} in the history{why}")
+            if ctx in {d.name for d in problem.contexts if d.fixed}:
+                raise PlanError(f"{option} {ctx}={host}: {ctx!r} is a host's own processes, "
+                                "which stay with their host")
             if problem.host(host) is None:
                 raise PlanError(f"{option} {ctx}={host}: no host {host!r} (known: "
                                 f"{', '.join(h.name for h in hosts)}; add one with --host)")

@@ -25,7 +25,7 @@ from exporters.names import decode_name, loggable
 from exporters.rrdlayout import CTX_DIR, capacity_path, context_file_name
 
 from . import PlanError
-from .model import Demand, Host, Problem, fill_gaps
+from .model import HOST_CONTEXTS, Demand, Host, Problem, fill_gaps
 
 log = logging.getLogger("ctxmon.plan")
 
@@ -195,7 +195,7 @@ def build_problem(raw: list[Series], hosts: list[Host], end: int, days: float,
                   min_seconds: float, step: int | None = None) -> Problem:
     """Put every series on one grid ending at `end`; refuse contexts with less than
     `min_seconds` of CPU history and leave out those with no data in the window's
-    last hour (gone)."""
+    last 6 hours (gone)."""
     if not raw:
         raise PlanError("no context history in the window")
     if step is None:
@@ -208,7 +208,7 @@ def build_problem(raw: list[Series], hosts: list[Host], end: int, days: float,
     for s in raw:
         names[s.context] = names.get(s.context, 0) + 1
     contexts, refused = [], []
-    recent = max(3600, 2 * step)
+    recent = max(6 * 3600, 3 * step)  # rrdcached may hold back the last hour or so
     for s in raw:
         name = s.context if names[s.context] == 1 else f"{s.context}@{s.host}"
         cpu = to_grid(s.cpu, start, step, points, "mean")
@@ -220,13 +220,13 @@ def build_problem(raw: list[Series], hosts: list[Host], end: int, days: float,
             continue
         last_known = int(np.flatnonzero(known)[-1])
         if (points - 1 - last_known) * step >= recent:
-            refused.append((name, "no data in the window's last hour (gone from "
+            refused.append((name, f"no data in the window's last {_dur(recent)} (gone from "
                                   f"{s.host}?)"))
             continue
         memory = to_grid(s.memory, start, step, points, "max")
         contexts.append(Demand(name, s.host, np.maximum(fill_gaps(cpu, step, start), 0.0),
                                np.maximum(fill_gaps(memory, step, start), 0.0),
-                               known_seconds, s.memory_source))
+                               known_seconds, s.memory_source, s.context in HOST_CONTEXTS))
     contexts.sort(key=lambda d: d.name)
     if not contexts:
         raise PlanError("no context has enough history: " + "; ".join(

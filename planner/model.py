@@ -12,6 +12,9 @@ import numpy as np
 from . import PlanError
 
 GiB = 1024**3
+# Contexts that are a host's own processes, not guests: the cgroup source's `host`,
+# VServer's xid 0 and 1 (vserver-stat's names).
+HOST_CONTEXTS = frozenset(("host", "root server", "monitoring server"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,7 @@ class Demand:
     memory: np.ndarray  # bytes per grid point
     known_seconds: float  # how much of the window had data
     memory_source: str = "rss"  # "cgroup" (the kernel's figure) or "rss" (summed RSS)
+    fixed: bool = False  # the host's own processes: they stay with it, never moved
 
     @property
     def memory_peak(self) -> float:

@@ -80,6 +80,15 @@ class _State:
         self.assign = np.full(self.N, -1)
         self.current = np.array([self._host_index(d.host) for d in problem.contexts], dtype=int)
         self.size: np.ndarray | None = None  # see _size_order
+        # A host's own processes (VServer's root and monitoring servers, the cgroup
+        # source's `host`) stay with it: their load counts on it while it is in use.
+        self.fixed = np.array([d.fixed for d in problem.contexts], dtype=bool)
+        self.base_load = np.zeros((self.H, self.T))
+        self.base_mem = np.zeros(self.H)
+        for i in np.flatnonzero(self.fixed):
+            if self.current[i] >= 0:
+                self.base_load[self.current[i]] += self.C[i]
+                self.base_mem[self.current[i]] += self.M[i]
 
     def _host_index(self, name: str | None) -> int:
         for j, h in enumerate(self.problem.hosts):
@@ -101,11 +110,18 @@ class _State:
             return False
         return mx <= self.cap[h] * (1 + EPS) or self.pct(x) <= self.cap[h] * (1 + EPS)
 
+    def adding(self, i: int, h: int) -> tuple[np.ndarray, float]:
+        """Host h's summed series and memory with context i added (and the host's own
+        load, when i would be its first context)."""
+        if self.count[h] == 0:
+            return self.base_load[h] + self.C[i], self.base_mem[h] + self.M[i]
+        return self.load[h] + self.C[i], self.mem[h] + self.M[i]
+
     def fits(self, i: int, h: int) -> bool:
-        return self.ok(h, self.load[h] + self.C[i], self.mem[h] + self.M[i])
+        return self.ok(h, *self.adding(i, h))
 
     def fits_alone(self, i: int, h: int) -> bool:
-        return self.ok(h, self.C[i], self.M[i])
+        return self.ok(h, self.base_load[h] + self.C[i], self.base_mem[h] + self.M[i])
 
     def violation(self, h: int, x: np.ndarray | None = None, mem: float | None = None) -> float:
         x = self.load[h] if x is None else x
@@ -127,6 +143,9 @@ class _State:
 
     # -- changes
     def put(self, i: int, h: int) -> None:
+        if self.count[h] == 0:
+            self.load[h] += self.base_load[h]
+            self.mem[h] += self.base_mem[h]
         self.assign[i] = h
         self.load[h] += self.C[i]
         self.mem[h] += self.M[i]
@@ -227,7 +246,7 @@ def _repair(st: _State, left: list[int], hosts: list[int], pinned: dict[int, int
                 return False
             st.put(i, pinned[i])
             continue
-        best = min(hosts, key=lambda h: (st.violation(h, st.load[h] + st.C[i], st.mem[h] + st.M[i])
+        best = min(hosts, key=lambda h: (st.violation(h, *st.adding(i, h))
                                          - st.violation(h), h))
         st.put(i, best)
     viol = {h: st.violation(h) for h in hosts}
@@ -249,8 +268,7 @@ def _repair(st: _State, left: list[int], hosts: list[int], pinned: dict[int, int
                 for g in hosts:
                     if g == h:
                         continue
-                    gain = viol[h] + viol[g] - v_h - st.violation(g, st.load[g] + st.C[i],
-                                                                   st.mem[g] + st.M[i])
+                    gain = viol[h] + viol[g] - v_h - st.violation(g, *st.adding(i, g))
                     if gain > best_gain:
                         best_gain, best_action = gain, ("move", int(i), g)
                     if len(members) * st.N > 4000:
@@ -327,7 +345,7 @@ def _even_out(st: _State, pinned: dict[int, int], max_moves: int | None, deadlin
                 for g in used:
                     if g == h or util[g] >= util[h] or (i, g, round(util[h], 6)) in tried:
                         continue
-                    x_g, m_g = st.load[g] + st.C[i], st.mem[g] + st.M[i]
+                    x_g, m_g = st.adding(i, g)
                     if not st.ok(g, x_g, m_g):
                         continue
                     move_delta = MOVE_COST * (int(g != st.current[i]) - int(h != st.current[i]))
@@ -360,8 +378,10 @@ def optimise(problem: Problem, targets: Targets, keep: dict[str, str] | None = N
     deadline = time.monotonic() + time_budget
 
     # Contexts that fit alone on no host they may use are listed, never split.
-    unplaceable = set()
+    unplaceable = set(int(i) for i in np.flatnonzero(st.fixed))  # placed with their host
     for i in range(st.N):
+        if st.fixed[i]:
+            continue
         hosts = [pinned[i]] if i in pinned else range(st.H)
         if not any(st.fits_alone(i, h) for h in hosts):
             unplaceable.add(i)
@@ -382,9 +402,12 @@ def optimise(problem: Problem, targets: Targets, keep: dict[str, str] | None = N
             result = np.full(st.N, -1)
         st.restore(result)
     _even_out(st, pinned, max_moves, max(deadline, time.monotonic()) + 0.5)
+    for i in np.flatnonzero(st.fixed):  # with their host while it is in use
+        if st.current[i] >= 0 and st.count[st.current[i]] > 0:
+            st.assign[i] = st.current[i]
     assign = {names[i]: (problem.hosts[int(st.assign[i])].name if st.assign[i] >= 0 else None)
               for i in range(st.N)}
-    unplaced = sorted(names[i] for i in range(st.N) if st.assign[i] < 0)
+    unplaced = sorted(names[i] for i in range(st.N) if st.assign[i] < 0 and not st.fixed[i])
     return Placement(assign, unplaced)
 
 
@@ -451,9 +474,11 @@ def _balanced_fit(st: _State, order: list[int], hosts: list[int], pinned: dict[i
             else:
                 left.append(i)
             continue
-        x = st.load[hs] + st.C[i]
+        empty = st.count[hs] == 0
+        x = st.load[hs] + st.C[i] + empty[:, None] * st.base_load[hs]
         top = np.partition(x, st.k, axis=1)[:, st.k] if exact else x.max(axis=1)
-        score = np.maximum(top / st.cap[hs], (st.mem[hs] + st.M[i]) / st.memcap[hs])
+        score = np.maximum(top / st.cap[hs],
+                           (st.mem[hs] + st.M[i] + empty * st.base_mem[hs]) / st.memcap[hs])
         # where it runs now wins a near tie: fewer moves for almost the same headroom
         score = np.where(hs == st.current[i], score - 0.02, score)
         for h in hs[np.argsort(score, kind="stable")]:
@@ -657,7 +682,12 @@ def peak_sizing(problem: Problem, targets: Targets) -> Placement:
                      h.memory_bytes * targets.mem_target * (1 + EPS)) for h in hosts}
     names = [h.name for h in hosts]
     assign: dict[str, str | None] = {}
-    for d in sorted(problem.contexts, key=lambda d: (-float(d.cpu.max(initial=0)), -d.memory_peak, d.name)):
+    fixed = [d for d in problem.contexts if d.fixed and d.host in used_cpu]
+    for d in fixed:  # a host's own processes stay with it
+        used_cpu[d.host] += float(d.cpu.max(initial=0))
+        used_mem[d.host] += d.memory_peak
+    for d in sorted((d for d in problem.contexts if not d.fixed),
+                    key=lambda d: (-float(d.cpu.max(initial=0)), -d.memory_peak, d.name)):
         peak = float(d.cpu.max(initial=0))
         if peak > cpu_cap or d.memory_peak > mem_cap:
             assign[d.name] = None
@@ -673,4 +703,8 @@ def peak_sizing(problem: Problem, targets: Targets) -> Placement:
         used_cpu[h] += peak
         used_mem[h] += d.memory_peak
         assign[d.name] = h
-    return Placement(assign, sorted(n for n, h in assign.items() if h is None))
+    guests = set(assign.values())
+    for d in fixed:
+        assign[d.name] = d.host if d.host in guests else None
+    unplaced = sorted(n for n, h in assign.items() if h is None and n not in {d.name for d in fixed})
+    return Placement(assign, unplaced)

@@ -108,6 +108,9 @@ def format_text(plan: Plan) -> str:
     cg = [d.name for d in p.contexts if d.memory_source == "cgroup"]
     lines.append(f"  memory: the kernel's cgroup figure for {len(cg)}, summed RSS for "
                  f"{len(p.contexts) - len(cg)}")
+    fixed = [d.name for d in p.contexts if d.fixed]
+    if fixed:
+        lines.append("  a host's own processes, never moved: " + ", ".join(_name(c) for c in fixed))
     for name, why in p.refused:
         lines.append(f"  refused {_name(name)}: {why}")
     return "\n".join(lines) + "\n"

@@ -442,3 +442,23 @@ def test_hosts_with_other_steps_and_archive_layouts_share_one_grid(tmp_path):
     check_plan(doc, hourly, Targets())
     used = [h for h in doc["hosts"] if h["contexts"]]
     assert len(used) == 1 and used[0]["cpu_peak_cores"] == pytest.approx(6.0)
+
+
+def test_a_hosts_own_processes_stay_and_go_with_it(tmp_path):
+    """`host` (the cgroup source's own processes) is never moved: its load counts on its
+    host while the host stays in use, and leaves with it when the host is emptied."""
+    a = write_host(tmp_path, "a", 8, 32 * GiB, {"host": (np.full(POINTS, 0.5), GiB),
+                                                "office": (day_night(13, 5.0, 0.4), GiB)})
+    b = write_host(tmp_path, "b", 8, 32 * GiB, {"host": (np.full(POINTS, 1.5), GiB),
+                                                "backup": (day_night(1, 5.0, 0.4), GiB)})
+    history = ["--history", f"a={a}", "--history", f"b={b}"]
+    doc = json.loads(run_plan(*history, "--json").stdout)
+    used = [h for h in doc["hosts"] if h["contexts"]]
+    # b's own 1.5 cores make b the worse place: backup moves to a, b's host goes with b
+    assert [(h["name"], h["contexts"]) for h in used] == [("a", ["backup", "host@a", "office"])]
+    assert doc["moves"] == [{"context": "backup", "from": "b", "to": "a"}]
+    assert doc["unplaced"] == []
+    assert used[0]["cpu_peak_cores"] == pytest.approx(
+        (day_night(13, 5.0, 0.4) + day_night(1, 5.0, 0.4) + 0.5).max())
+    r = run_plan(*history, "--keep", "host@a=b", check=False)
+    assert r.returncode == 2 and "a host's own processes" in r.stderr
