@@ -3,10 +3,12 @@
 Clients are untrusted until their password is checked, so what one can hold before
 that is bounded, and holding it is cheap. One event-loop thread (selectors) accepts
 connections, does TLS handshakes and reads each request's head (request line plus
-headers, at most 64 KiB) without blocking; only a complete head is handed to a small
-pool of worker threads, which check the password, build the reply and give it back to
-the loop to send. So a few hundred idle, trickling or handshake-stalling clients cost
-a few kilobytes each and no thread: a scraper's request is read as soon as it arrives.
+headers, at most 64 KiB) without blocking. A complete head is answered on the loop
+when that cannot block (/ and /metrics, no password or one already checked: no thread
+hand-off for a scrape); files under /graphs/ on a small pool of worker threads;
+passwords are checked on one bcrypt thread. The loop sends every reply. So a few
+hundred idle, trickling or handshake-stalling clients cost a few kilobytes each and no
+thread: a scraper's request is read and answered as soon as it arrives.
 
 Bounds: `max_connections` at once overall and `max_per_client` per client address
 (IPv6 per /64), more are refused at once with 503 (TLS: closed); `header_timeout`
@@ -325,7 +327,8 @@ class _Out:
         pass
 
 
-_NEEDS_CHECK = object()
+_NEEDS_CHECK = object()  # the credentials need a bcrypt check first
+_NEEDS_WORKER = object()  # answering may block (files, the graph hook): not on the loop
 
 
 class _Exchange(BaseHTTPRequestHandler):
@@ -339,8 +342,10 @@ class _Exchange(BaseHTTPRequestHandler):
     default_request_version = "HTTP/1.0"
 
     def __init__(self, app: "MetricsServer", head: bytes, client_address,
-                 auth_ok: bool | None = None):  # noqa: super().__init__ would serve a socket
+                 auth_ok: bool | None = None, inline: bool = False):  # noqa: no super().__init__
         self.app = app
+        self.inline = inline  # on the event loop: only what cannot block
+        self.needs_worker = False
         self.client_address = client_address
         self.key = client_key(client_address[0])
         self.auth_ok = auth_ok
@@ -357,7 +362,8 @@ class _Exchange(BaseHTTPRequestHandler):
         log.debug("%s %s", self.client_address[0], format % args)
 
     def run(self):
-        """The reply's parts, or _NEEDS_CHECK when self.credentials need bcrypt first."""
+        """The reply's parts; or _NEEDS_CHECK when self.credentials need bcrypt first, or
+        _NEEDS_WORKER when inline and the answer may block."""
         self.raw_requestline = self.rfile.readline(65537)
         if len(self.raw_requestline) > 65536:
             self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
@@ -367,6 +373,8 @@ class _Exchange(BaseHTTPRequestHandler):
                                 f"Unsupported method ({self.command!r})")
             elif self._authorized():
                 self._route(send_body=self.command == "GET")
+                if self.needs_worker:
+                    return _NEEDS_WORKER
             elif self.credentials is not None:
                 return _NEEDS_CHECK
         return self.wfile.parts
@@ -417,7 +425,9 @@ class _Exchange(BaseHTTPRequestHandler):
     def _route(self, send_body: bool) -> None:
         app = self.app
         path = urlsplit(self.path).path
-        if path == "/":
+        if self.inline and path not in ("/", "/metrics"):
+            self.needs_worker = True
+        elif path == "/":
             self._send(HTTPStatus.OK, app.landing_page(), "text/html; charset=utf-8", send_body)
         elif path == "/metrics":
             self._metrics(send_body)
@@ -607,10 +617,12 @@ class _Loop:
 
     # ------------------------------------------------------------ cross-thread
 
-    def deliver(self, conn: _Conn, parts: list[bytes], delay: float = 0.0) -> None:
-        """From a worker: send this reply, after `delay` s (the loop does all socket I/O)."""
+    def deliver(self, conn: _Conn, parts: list[bytes], delay: float = 0.0,
+                wake: bool = True) -> None:
+        """Send this reply, after `delay` s (the loop does all socket I/O)."""
         self.done.append((conn, parts, time.monotonic() + delay if delay else 0.0))
-        self.wake()
+        if wake:  # from another thread
+            self.wake()
 
     def wake(self) -> None:
         try:
@@ -811,10 +823,7 @@ class _Loop:
         self.drop_head(conn)
         conn.state = _WORKING
         self.want(conn, 0)
-        if not self.app.workers.submit(self.app.work, conn, head, None):
-            self.refused["worker queue full"] += 1
-            self.reply(conn, _Exchange(self.app, b"", conn.addr).error(
-                HTTPStatus.SERVICE_UNAVAILABLE, None, {"Retry-After": "1"}))
+        self.app.work(conn, head, None, inline=True)
 
     def reply(self, conn: _Conn, parts: list[bytes]) -> None:
         if conn.state == _CLOSED:
@@ -1026,17 +1035,26 @@ class MetricsServer:
 
     # ------------------------------------------------------------ worker side
 
-    def work(self, conn: _Conn, head: bytes, auth_ok: bool | None) -> None:
-        """On a worker: the reply to one request head, handed back to the loop."""
+    def work(self, conn: _Conn, head: bytes, auth_ok: bool | None,
+             inline: bool = False) -> None:
+        """The reply to one request head, handed to the loop to send. Inline (on the
+        loop, saving two thread hand-offs per scrape) for what cannot block: parsing,
+        remembered credentials, / and /metrics; the rest on a worker."""
         loop = self._loop
         if loop is None:
             return
-        ex = _Exchange(self, head, conn.addr, auth_ok)
+        ex = _Exchange(self, head, conn.addr, auth_ok, inline)
         try:
             parts = ex.run()
         except Exception:
             log.exception("request from %s failed", conn.addr[0])
             parts = _Exchange(self, b"", conn.addr).error(HTTPStatus.INTERNAL_SERVER_ERROR)
+        if parts is _NEEDS_WORKER:
+            workers = self.workers
+            if workers is not None and workers.submit(self.work, conn, head, None):
+                return
+            parts = _Exchange(self, b"", conn.addr).error(
+                HTTPStatus.SERVICE_UNAVAILABLE, None, {"Retry-After": "1"})
         if parts is _NEEDS_CHECK:
             bcrypt_pool = self._bcrypt
             if bcrypt_pool is not None and bcrypt_pool.submit(self._check, conn, head,
@@ -1047,7 +1065,7 @@ class MetricsServer:
                 HTTPStatus.SERVICE_UNAVAILABLE, "Too many password checks at once",
                 {"Retry-After": "1"})
             ex.delay = REFUSAL_DELAY
-        loop.deliver(conn, parts, ex.delay)
+        loop.deliver(conn, parts, ex.delay, wake=not inline)
 
     def _check(self, conn: _Conn, head: bytes, key: str, creds: tuple[str, bytes]) -> None:
         """On the bcrypt thread: check, count, resume the request; then rest as long as
