@@ -56,6 +56,7 @@ from prometheus_client.registry import Collector
 from exporters.addresses import parse_listen
 from exporters.names import loggable
 from exporters.passwords import bcrypt_cost
+from exporters.version import version as _version
 
 log = logging.getLogger("ctxmon.http")
 
@@ -66,15 +67,6 @@ BCRYPT_MAX_BYTES = 72  # bcrypt (and htpasswd) use only the first 72 bytes
 # Refusals made without checking a password (client throttled, checks queue full) are
 # held this long, so a guesser cannot turn them into a flood of cheap requests.
 REFUSAL_DELAY = 1.0
-
-
-def _version() -> str:
-    try:
-        from ctxmon import __version__
-
-        return __version__
-    except ImportError:
-        return "unknown"
 
 
 def accepts_gzip(accept_encoding: str | None) -> bool:

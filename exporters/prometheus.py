@@ -14,7 +14,6 @@ per-context increases, so they stay monotonic while contexts move in and out of 
 from __future__ import annotations
 
 import threading
-from importlib import metadata
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -28,15 +27,7 @@ from collector.catalog import DEPARTED_STATE_SECONDS, OTHER
 from collector.snapshot import ContextSample, Snapshot, unique_label
 from exporters.names import clean_text as label_value
 from exporters.textformat import TextFormatter
-
-
-def _version() -> str:
-    """The installed distribution's version (ctxmon's own), without importing the
-    ctxmon package: sinks never import the entry points."""
-    try:
-        return metadata.version("ctxmon")
-    except metadata.PackageNotFoundError:  # run from a checkout that is not installed
-        return "unknown"
+from exporters.version import version as _version
 
 
 @dataclass(frozen=True, slots=True)
