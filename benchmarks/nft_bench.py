@@ -231,6 +231,18 @@ def bench(args) -> None:
         shutil.rmtree(guests_dir, ignore_errors=True)
         phase("cleaned up")
 
+    load = os.getloadavg()[0]
+    print(f"nft_bench: {args.contexts} contexts ({n_cg} cgroups at level 2, {n_addr} guest "
+          f"addresses); {rows} map rules in the table; medians of {args.repeat} runs; "
+          f"load average {load:.1f} on {os.cpu_count()} CPUs")
+    print(f"  poll, nothing changed:  {ms(steady_poll)}   (baseline, no context counted: "
+          f"{ms(empty_poll)})")
+    print(f"  counter read alone:     {ms(read_only)}   (libnftables in-process, "
+          f"`list counters` + parse)")
+    print(f"    baseline: `nft -j list counters` (executable, JSON, not parsed): {ms(read_exe)}")
+    print(f"  rebuild, one change:    {ms(rebuild)}   (one `nft -f` transaction)")
+    print(f"    first build of the table: {ms(first_build)}; the poll that sees a change: "
+          f"{ms(change_poll)}")
     gw, gwo = (statistics.median(r[0] for r in runs) for runs in (with_table, without))
     ew, ewo = (statistics.median(r[1] for r in runs) for runs in (with_table, without))
     print(f"  iperf3 loopback TCP:    {gw:6.2f} Gbit/s with the table, {gwo:.2f} without: "

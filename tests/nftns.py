@@ -99,14 +99,18 @@ def sh(*args: str, stdin: str | None = None) -> str:
     return subprocess.run(args, input=stdin, capture_output=True, text=True, check=True).stdout
 
 
-def setup_namespace() -> None:
+def setup_namespace(hybrid: bool = False) -> None:
     # Never run outside a private namespace: a fresh one has nothing but lo.
     with open("/proc/self/net/dev") as f:
         devs = [l.split(":")[0].strip() for l in f.read().splitlines()[2:]]
     if devs != ["lo"]:
         raise SystemExit("refusing: run me under `unshare -m -n` (found %s)" % devs)
     sh("ip", "link", "set", "lo", "up")
-    if not os.path.isfile("/sys/fs/cgroup/cgroup.controllers"):
+    if hybrid:  # a hybrid host's layout: a tmpfs, cgroup2 at unified/ in it
+        sh("mount", "-t", "tmpfs", "cgroup", "/sys/fs/cgroup")
+        os.mkdir("/sys/fs/cgroup/unified")
+        sh("mount", "-t", "cgroup2", "none", "/sys/fs/cgroup/unified")
+    elif not os.path.isfile("/sys/fs/cgroup/cgroup.controllers"):
         sh("mount", "-t", "cgroup2", "none", "/sys/fs/cgroup")
     sh("nft", "-f", "-", stdin=NEIGHBOUR)
     sh("nft", "-f", "-", stdin=REFERENCE)
@@ -286,6 +290,40 @@ def scenario_vserver(fixture: str) -> dict:
         shutil.rmtree(tmp)
 
 
+def scenario_hybrid() -> dict:
+    """cgroup2 at /sys/fs/cgroup/unified, where nft does not look by itself."""
+    base_name = f"ctxmon-nfthybrid-{os.getpid()}"
+    base = f"/sys/fs/cgroup/unified/{base_name}"
+    for d in ("client", "server"):
+        os.makedirs(f"{base}/{d}")
+    source = CgroupSource("/proc", cgroup_root="/sys/fs/cgroup",
+                          rules=[{"glob": f"{base_name}/*", "name": "nft-{1}"}])
+    sampler = Sampler(source, traffic=TrafficAccounting("/sys/fs/cgroup"))
+    workers: list[Worker] = []
+    out: dict = {}
+    try:
+        server, client = Worker(f"{base}/server"), Worker(f"{base}/client")
+        workers += [server, client]
+        assert server.ask(f"listen {PORT}") == "ok"
+        sampler.sample()
+        ref0 = reference()
+        transfer(server, client, 5_000_000)
+        s1 = sampler.sample()
+        ref1 = reference()
+        out["sent"] = ref1["to_port"] - ref0["to_port"]
+        out["after"] = {n: traffic_of(s1, n) for n in ("nft-client", "nft-server")}
+        out["errors"] = dict(s1.errors)
+    finally:
+        for w in workers:
+            w.p.kill()
+            w.p.wait()
+        sampler.close()
+        for d in ("client", "server"):
+            os.rmdir(f"{base}/{d}")
+        os.rmdir(base)
+    return out
+
+
 def scenario_kill9() -> dict:
     """A collector killed with SIGKILL leaves its table; the next start replaces it."""
     code = ("import sys, time; sys.path.insert(0, %r)\n"
@@ -372,8 +410,8 @@ accounting = "nftables"
 
 def main() -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    setup_namespace()
     name, args = sys.argv[1], sys.argv[2:]
+    setup_namespace(hybrid=name == "hybrid")
     result = globals()[f"scenario_{name}"](*args)
     print(json.dumps(result))
 

@@ -26,9 +26,10 @@ def _unavailable() -> str | None:
 pytestmark = pytest.mark.skipif(_unavailable() is not None, reason=_unavailable() or "")
 
 
-def run_scenario(*args: str, pid_ns: bool = False) -> dict:
-    own_pids = ["-p", "-f", "--mount-proc"] if pid_ns else []
-    p = subprocess.run(["unshare", "-m", "-n", *own_pids, "--", sys.executable,
+def run_scenario(*args: str) -> dict:
+    # Own pid namespace too: the samplers and the daemon see the scenario's processes
+    # only, not every process on the host.
+    p = subprocess.run(["unshare", "-m", "-n", "-p", "-f", "--mount-proc", "--", sys.executable,
                         os.path.join(HERE, "nftns.py"), *args],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -119,7 +120,7 @@ def test_kill_9_then_restart_leaves_one_table():
 
 
 def test_daemon_exports_the_series_writes_rrd_and_removes_its_table_at_exit(tmp_path):
-    r = run_scenario("daemon", str(tmp_path), pid_ns=True)
+    r = run_scenario("daemon", str(tmp_path))
     assert r["exit"] == 0, r["log"]
     assert r["tables_running"].count("table inet ctxmon") == 1
     series = {}
@@ -140,3 +141,12 @@ def test_daemon_exports_the_series_writes_rrd_and_removes_its_table_at_exit(tmp_
     traffic_files = [f for f in r["rrd_files"] if f.endswith("traffic.rrd")]
     assert len(traffic_files) == 2, r["rrd_files"]
     assert len(r["rrd_files"]) < 40, r["rrd_files"]
+
+
+def test_hybrid_host_cgroup2_at_unified_is_counted():
+    # nft resolves cgroup paths under /sys/fs/cgroup: named unified/<path> they count.
+    r = run_scenario("hybrid")
+    client, server = r["after"]["nft-client"], r["after"]["nft-server"]
+    assert client["method"] == server["method"] == "cgroup"
+    assert near(client["tx_bytes"], r["sent"]) and near(server["rx_bytes"], r["sent"]), r
+    assert r["errors"] == {}
