@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import itertools
 import logging
 import os
 import re
@@ -405,6 +406,9 @@ def default_runner() -> Callable[..., str]:
         return run_nft
 
 
+_EPOCHS = itertools.count(1)
+
+
 @dataclass
 class _Slots:
     """Counter slots by context key; a slot's number is never reused while we run."""
@@ -430,7 +434,9 @@ class NftTable:
         self.layout: TableLayout | None = None  # None: no table of ours
         self.plan: dict[str, Match] = {}
         self.slots = _Slots()
-        self.epoch = 0  # bumped whenever the table is created anew (counters restart)
+        # A new one whenever the table is created anew (its counters restart), unique
+        # in this process so totals handed from one NftTable to the next stay right.
+        self.epoch = 0
         self.cgroup_ok = True
         self.cgroup_error = ""
 
@@ -459,7 +465,7 @@ class NftTable:
             self.cgroup_ok = True
         self.layout = TableLayout()  # from here on close() deletes whatever is there
         self.run(["-f", "-"], fresh)  # the probe goes with the table it was in
-        self.epoch += 1
+        self.epoch = next(_EPOCHS)
 
     def close(self) -> None:
         """Delete the table; quiet when it is gone already."""

@@ -322,9 +322,12 @@ class Daemon:
                                            traffic=build_traffic(new))
             if (new.traffic != old.traffic
                     or new.collector.cgroup_root != old.collector.cgroup_root):
-                if self.sampler.traffic is not None:
-                    self.sampler.traffic.close()  # deletes the table
+                previous = self.sampler.traffic
+                if previous is not None:
+                    previous.close()  # deletes the table
                 self.sampler.traffic = build_traffic(new)
+                if previous is not None and self.sampler.traffic is not None:
+                    self.sampler.traffic.totals = previous.totals  # never decreasing
             if rrd is not None:
                 try:
                     self.rrd.flush()

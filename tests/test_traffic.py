@@ -212,6 +212,27 @@ def test_only_context_changes_cause_transactions(tmp_path):
     assert "add counter inet ctxmon rx1" in last and "counter inet ctxmon rx0" not in last
 
 
+def test_totals_handed_to_a_new_table_count_on(tmp_path):
+    # What the daemon does when a SIGHUP changes [traffic] or the cgroup root: a new
+    # table (its counters from 0, the same slot names) takes the old totals.
+    (tmp_path / "cgroup.controllers").write_text("")
+    (tmp_path / "svc").mkdir()
+    contexts = [ctx("svc", cgroup="svc")]
+    first = FakeNft()
+    old = TrafficAccounting(str(tmp_path), table=NftTable(run=first))
+    old.sample(contexts, 0.0, ErrorCounts())
+    first.counters = {"rx0": (20, 5000), "tx0": (10, 900)}
+    assert old.sample(contexts, 1.0, ErrorCounts())["svc"].rx_bytes == 5000
+    old.close()
+    second = FakeNft()
+    new = TrafficAccounting(str(tmp_path), table=NftTable(run=second))
+    new.totals = old.totals
+    new.sample(contexts, 2.0, ErrorCounts())
+    second.counters = {"rx0": (30, 6000), "tx0": (1, 100)}  # more than before: still new
+    t = new.sample(contexts, 3.0, ErrorCounts())["svc"]
+    assert (t.rx_bytes, t.rx_packets, t.tx_bytes, t.tx_packets) == (11000, 50, 1000, 11)
+
+
 def test_context_in_its_own_namespace_is_the_sum_of_its_interfaces_but_lo(tmp_path):
     nft = FakeNft()
     acc = TrafficAccounting(str(tmp_path), table=NftTable(run=nft))
