@@ -376,6 +376,8 @@ def optimise(problem: Problem, targets: Targets, keep: dict[str, str] | None = N
     host_index = {h.name: j for j, h in enumerate(problem.hosts)}
     pinned = {index[c]: host_index[h] for c, h in (keep or {}).items()}
     deadline = time.monotonic() + time_budget
+    if _small(st):  # a few ms each: let a loaded machine not cut the restarts short
+        deadline = time.monotonic() + max(time_budget, 20.0)
 
     # Contexts that fit alone on no host they may use are listed, never split.
     unplaceable = set(int(i) for i in np.flatnonzero(st.fixed))  # placed with their host
@@ -526,7 +528,9 @@ def _fewest_balanced(st: _State, order: list[int], pinned: dict[int, int], mean_
                 left = []
         return not left
 
-    while lo < hi and time.monotonic() < deadline:
+    # The bisection always runs to its end (a dozen fits at most), so the number of
+    # hosts does not depend on how busy the machine is; the deadline bounds the rest.
+    while lo < hi:
         mid = (lo + hi) // 2
         if attempt(mid, False, False):
             hi, best = mid, st.snapshot()
