@@ -31,7 +31,7 @@ API (all tables are tuples in a fixed order; the order is the exposition order)
     without a change to graphs/), `.ds` (the names), `.unit` (of what
     `exporters.rrd.fetch` returns), `.store_scale` (stored = int(value * store_scale);
     CPU seconds are stored as microseconds), `.scale` (= 1 / store_scale: fetch
-    multiplies by it), `.values(subject)` -> the DS values in base units (None =
+    multiplies by it), `.values(subject)` -> list of the DS values in base units (None =
     unknown), `.present(context)` -> whether this context has such a file at all
     (files of kernel figures a context lacks are never created), `.graph`.
     File names and directories are `exporters.rrdlayout`'s business, not the catalog's.
@@ -167,8 +167,8 @@ class FileKind:
     def scale(self) -> float:
         return 1.0 / self.store_scale
 
-    def values(self, subject: Any) -> tuple[float | int | None, ...]:
-        return tuple(d.value(subject) for d in self.data_sources)
+    def values(self, subject: Any) -> list[float | int | None]:
+        return [d.value(subject) for d in self.data_sources]
 
     def has_file(self, c: ContextSample) -> bool:
         return self.present is None or self.present(c)

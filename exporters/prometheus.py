@@ -54,6 +54,7 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 _CONTEXT_FAMILIES = tuple(f for f in catalog.FAMILIES if f.scope == "context")
 _SUMMED = tuple(f for f in _CONTEXT_FAMILIES if f.summed)
 _OWN = tuple(f for f in _CONTEXT_FAMILIES if not f.summed)
+_SUMMED_THEN_OWN = _SUMMED + _OWN
 # Host families the snapshot fills; `ctxmon_contexts_folded` is the cap's (no samples).
 _HOST_FAMILIES = tuple(f for f in catalog.FAMILIES if f.scope == "host" and f.samples)
 
@@ -288,10 +289,13 @@ class SnapshotCollector(Collector):
             folded = [c for c in contexts if id(c) not in keep]
             contexts = tuple(c for c in contexts if id(c) in keep)
         labels = unique_labels(contexts, reserved=OTHER if cap is not None else None)
+        # The hot loop of a scrape (once per family and context): _summed_rows and
+        # _own_rows inlined, label values cleaned only where there are any.
         for label, c in zip(labels, contexts):
-            for rows in (_summed_rows(c), _own_rows(c)):
-                for fam, rest, value in rows:
-                    add(fam, (label, *rest), value)
+            for fam in _SUMMED_THEN_OWN:
+                name = fam.name
+                for rest, value in fam.samples(c):  # type: ignore[misc]
+                    add(name, (label, *map(label_value, rest)) if rest else (label,), value)
         if cap is not None:
             # Always advanced while capping, so growth is tracked from the first
             # collect even for contexts that are folded only later.

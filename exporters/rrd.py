@@ -321,10 +321,11 @@ def _value(v: object) -> str:
 
 def _stored(kind: FileKind, subject: object) -> str:
     """The update values of one file: integers (DERIVE takes no fractions), U unknown."""
-    if kind.store_scale == 1.0:
-        return ":".join(_value(v) for v in kind.values(subject))
-    return ":".join(_value(None if v is None else v * kind.store_scale)
-                    for v in kind.values(subject))
+    values = kind.values(subject)
+    scale = kind.store_scale
+    if scale != 1.0:
+        values = [None if v is None else v * scale for v in values]
+    return ":".join(map(_value, values))
 
 
 CLOCK_BACK = "clock stepped back: updates skipped"

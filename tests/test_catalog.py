@@ -108,9 +108,9 @@ def test_file_kinds_are_well_formed():
             assert set(k.graph.host_ds) <= set(k.ds), k.name
             assert k.graph.base in (None, 1000, 1024)
     cpu = catalog.FILE_KIND["cpu"]
-    assert cpu.values(context(user=1.5, system=0.25)) == (1.5, 0.25)
+    assert cpu.values(context(user=1.5, system=0.25)) == [1.5, 0.25]
     assert cpu.scale == 1e-6
-    assert catalog.FILE_KIND["host-if"].values(iface("lo", 10, 20))[:2] == (10, 20)
+    assert catalog.FILE_KIND["host-if"].values(iface("lo", 10, 20))[:2] == [10, 20]
 
 
 def test_alert_metrics_point_at_real_families_and_files():
