@@ -34,6 +34,7 @@ import os
 import re
 import socket
 import stat
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -163,14 +164,15 @@ def fetch(
 ) -> Fetched:
     """Read one file's series, converted to its kind's unit (CPU: ratio, not µs/s).
 
-    Through `daemon` when given, which flushes the file's pending updates first.
-    Raises rrdtool.OperationalError for an unreadable file.
+    Through `daemon` when given: the file's pending updates are flushed first (with a
+    deadline, see `flush_for_reading`), then the file is read. Raises
+    rrdtool.OperationalError for an unreadable file or an rrdcached that cannot flush.
     """
+    if daemon:
+        flush_for_reading(daemon, path)
     args = [path, cf, "--start", str(int(start)), "--end", str(int(end))]
     if resolution:
         args += ["--resolution", str(int(resolution))]
-    if daemon:
-        args = ["--daemon", daemon, *args]
     (s, e, st), names, rows = rrdtool.fetch(*args)
     kind = layout.kind_of(path)
     scale = KINDS[kind].scale if kind is not None else 1.0
@@ -179,11 +181,71 @@ def fetch(
     return Fetched(s, e, st, tuple(names), list(rows))
 
 
+def last(path: str, daemon: str | None = None) -> int:
+    """Time of the file's last update, its pending rrdcached updates included.
+    Raises rrdtool.OperationalError as `fetch` does."""
+    if daemon:
+        flush_for_reading(daemon, path)
+    return int(rrdtool.last(path))
+
+
+READ_TIMEOUT = 5.0  # seconds one FLUSH for a reader may take
+READ_RETRY_SECONDS = 10.0  # after a failure, readers fail at once for this long
+_readers: dict[str, "_Rrdcached"] = {}
+_readers_down: dict[str, tuple[float, str]] = {}  # daemon -> (monotonic time, why)
+_readers_lock = threading.Lock()
+
+
+def flush_for_reading(daemon: str, path: str) -> None:
+    """Have rrdcached write `path`'s pending updates, so a read of the file is current.
+
+    What `rrdtool fetch/graph --daemon` do, but with a deadline: a stopped rrdcached
+    costs one READ_TIMEOUT, then READ_RETRY_SECONDS of immediate failures (a renderer
+    reading a thousand files does not wait a thousand times). Raises
+    rrdtool.OperationalError when rrdcached cannot be asked or refuses.
+    """
+    family, _ = _daemon_address(daemon)
+    target = os.path.realpath(path) if family == socket.AF_UNIX else path
+    if re.search(r"\s", target):
+        raise rrdtool.OperationalError(f"the rrdcached protocol cannot carry the path {target!r}")
+    with _readers_lock:
+        down = _readers_down.get(daemon)
+        if down is not None and time.monotonic() < down[0]:
+            raise rrdtool.OperationalError(f"rrdcached {daemon}: {down[1]}")
+        for _attempt in (1, 2):
+            conn = _readers.get(daemon)
+            fresh = conn is None
+            try:
+                if conn is None:
+                    conn = _readers[daemon] = _Rrdcached(daemon, READ_TIMEOUT)
+                conn.flush(target)
+            except RrdcachedError as e:
+                raise rrdtool.OperationalError(f"rrdcached {daemon}: {e}") from None
+            except (OSError, _ProtocolError) as e:
+                stale = _readers.pop(daemon, None)
+                if stale is not None:
+                    stale.close()
+                if fresh or isinstance(e, TimeoutError):
+                    why = str(e) or type(e).__name__
+                    _readers_down[daemon] = (time.monotonic() + READ_RETRY_SECONDS, why)
+                    raise rrdtool.OperationalError(f"rrdcached {daemon}: {why}") from None
+                continue  # a kept connection to an rrdcached that restarted: once more
+            _readers_down.pop(daemon, None)
+            return
+
+
 # ------------------------------------------------------------------------- rrdcached
 
 
 class _ProtocolError(Exception):
-    pass
+    """rrdcached said something the protocol does not allow, or hung up."""
+
+
+class RrdcachedError(Exception):
+    """rrdcached refused a command (an error reply); the connection stays usable."""
+
+
+MAX_REPLY_LINE = 1 << 20
 
 
 def _daemon_address(daemon: str) -> tuple[int, object]:
@@ -203,35 +265,74 @@ def _daemon_address(daemon: str) -> tuple[int, object]:
 
 
 class _Rrdcached:
-    """One connection to rrdcached speaking its line protocol (rrdcached(1))."""
+    """One connection to rrdcached speaking its line protocol (rrdcached(1)).
+
+    Every exchange (a command and its whole reply) has a deadline of `timeout`
+    seconds: an rrdcached that is stopped (SIGSTOP), swapping or wedged makes the
+    exchange raise TimeoutError (an OSError) instead of hanging the poll, which
+    librrd's own client (`--daemon`) would do for good.
+    """
 
     def __init__(self, daemon: str, timeout: float):
+        self.timeout = timeout
         family, address = _daemon_address(daemon)
-        if family == socket.AF_UNIX:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            if family == socket.AF_UNIX:
                 sock.connect(address)
-            except OSError:
+            else:
                 sock.close()
-                raise
-        else:
-            host, port = address
-            sock = socket.create_connection((host, port), timeout=timeout)
+                host, port = address  # type: ignore[misc]
+                sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError:
+            sock.close()
+            raise
         self._sock = sock
-        self._reader = sock.makefile("rb")
+        self._buf = bytearray()
+        self._deadline = 0.0
 
     def close(self) -> None:
+        self._sock.close()
+
+    # -- deadline-bound I/O
+
+    def _begin(self) -> None:
+        self._deadline = time.monotonic() + self.timeout
+
+    def _remaining(self) -> float:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise self._late()
+        return left
+
+    def _late(self) -> TimeoutError:
+        return TimeoutError(f"rrdcached did not answer within {self.timeout:g} s")
+
+    def _send(self, data: bytes) -> None:
+        self._sock.settimeout(self._remaining())
         try:
-            self._reader.close()
-        finally:
-            self._sock.close()
+            self._sock.sendall(data)  # the timeout bounds the whole sendall (Python >= 3.5)
+        except TimeoutError:
+            raise self._late() from None
 
     def _line(self) -> str:
-        line = self._reader.readline()
-        if not line.endswith(b"\n"):
-            raise _ProtocolError("connection closed by rrdcached")
-        return line.decode("utf-8", "replace").rstrip("\n")
+        while True:
+            end = self._buf.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buf[:end])
+                del self._buf[: end + 1]
+                return line.decode("utf-8", "replace")
+            self._sock.settimeout(self._remaining())
+            try:
+                chunk = self._sock.recv(65536)
+            except TimeoutError:
+                raise self._late() from None
+            if not chunk:
+                raise _ProtocolError("connection closed by rrdcached")
+            self._buf += chunk
+            if len(self._buf) > MAX_REPLY_LINE and b"\n" not in self._buf:
+                raise _ProtocolError("reply line too long")
 
     def _status(self) -> tuple[int, str]:
         line = self._line()
@@ -241,24 +342,66 @@ class _Rrdcached:
         except ValueError:
             raise _ProtocolError(f"unexpected reply {line!r}") from None
 
+    # -- commands
+
     def command(self, line: str) -> tuple[int, list[str]]:
-        """Send one command; (status, lines that follow a positive status)."""
-        self._sock.sendall(line.encode("utf-8", "surrogateescape") + b"\n")
+        """Send one command; (status, [status text, lines that follow a positive status])."""
+        if "\n" in line:
+            raise ValueError("a command is one line")
+        self._begin()
+        self._send(line.encode("utf-8", "surrogateescape") + b"\n")
         status, text = self._status()
         extra = [self._line() for _ in range(status)] if status > 0 else []
         return status, [text, *extra]
 
+    def checked(self, line: str) -> list[str]:
+        """`command`, raising RrdcachedError for an error reply."""
+        status, lines = self.command(line)
+        if status < 0:
+            raise RrdcachedError(lines[0])
+        return lines
+
+    def create(self, path: str, start: int, step: int, definitions: list[str]) -> None:
+        """CREATE (rrdcached >= 1.5) that never overwrites; RrdcachedError if refused."""
+        self.checked(f"CREATE {path} -b {int(start)} -s {int(step)} -O {' '.join(definitions)}")
+
+    def flush(self, path: str) -> None:
+        """Write the file's pending updates now; a file with none is fine too."""
+        status, lines = self.command(f"FLUSH {path}")
+        if status < 0 and not lines[0].startswith("No such file"):
+            raise RrdcachedError(lines[0])
+
+    def info(self, path: str) -> dict[str, object]:
+        """INFO as rrdtool.info gives it: {key: int, float, str or None}."""
+        out: dict[str, object] = {}
+        for line in self.checked(f"INFO {path}")[1:]:
+            key, _, rest = line.partition(" ")
+            kind, _, value = rest.partition(" ")
+            if kind == "1":
+                out[key] = int(value)
+            elif kind == "0":
+                f = float(value)
+                out[key] = None if f != f else f
+            else:
+                out[key] = value
+        return out
+
+    def last(self, path: str) -> int:
+        return int(self.checked(f"LAST {path}")[0].split()[0])
+
     def start_batch(self) -> None:
+        self._begin()
         status, text = self._status_after(b"BATCH\n")
         if status != 0:
             raise _ProtocolError(f"BATCH refused: {text}")
 
     def _status_after(self, data: bytes) -> tuple[int, str]:
-        self._sock.sendall(data)
+        self._send(data)
         return self._status()
 
     def finish_batch(self, commands: list[str]) -> dict[int, str]:
         """Send the commands and the closing dot; {command number (from 1): error}."""
+        self._begin()
         payload = "".join(commands) + ".\n"
         count, _ = self._status_after(payload.encode("utf-8", "surrogateescape"))
         if count < 0:
@@ -329,6 +472,7 @@ def _stored(kind: FileKind, subject: object) -> str:
 
 
 CLOCK_BACK = "clock stepped back: updates skipped"
+_LOST = "\0lost"  # _create_through_daemon: rrdcached could not be asked
 
 
 class _File:
@@ -361,6 +505,7 @@ class RrdSink:
         daemon: str | None = None,
         retention_seconds: float = DEFAULT_RETENTION_SECONDS,
         clock: Callable[[], float] = time.time,
+        timeout: float | None = None,
     ):
         if int(step) != step or step < 1:
             raise ValueError(f"step must be a whole number of seconds >= 1, not {step!r}")
@@ -374,12 +519,17 @@ class RrdSink:
         self.retention_seconds = retention_seconds
         self.error_count = 0
         self.skipped_count = 0
+        self.clock_back_count = 0  # updates skipped: the time is before a file's last update
         self._clock = clock
         self._ctx_root = os.path.join(self.directory, CTX_DIR)
         self._host_root = layout.host_dir(self.directory)
-        self._daemon_args: tuple[str, ...] = ("--daemon", self.daemon) if self.daemon else ()
-        self._timeout = float(min(30, max(5, self.step)))
+        # Deadline of one rrdcached exchange; one failed exchange ends the rest of the
+        # poll's (see _daemon_fault), so a wedged rrdcached costs a poll this long.
+        self._timeout = float(timeout) if timeout else min(10.0, max(2.0, self.step / 2))
         self._conn: _Rrdcached | None = None
+        self._daemon_failed = False  # an exchange failed in this poll: no more tries
+        self._clock_back: tuple[int, int] | None = None  # (latest last update, time) this poll
+        self._recreated: list[str] = []  # files deleted behind our back, recreated
         self._files: dict[str, _File] = {}
         self._next_maintenance = float("-inf")
         self._root_seen = False
@@ -431,6 +581,7 @@ class RrdSink:
 
     def _write(self, snapshot: Snapshot) -> None:
         ts = int(snapshot.timestamp)
+        self._daemon_failed = False
         now = self._clock()
         points = self._points(snapshot)
         if not self._check_root():
@@ -522,12 +673,12 @@ class RrdSink:
         try:
             errors = self._batch(commands)
         except (OSError, _ProtocolError) as e:
-            self._drop_connection()
-            self._set_global("rrdcached", "failed", f"rrdcached {self.daemon} failed during an update batch: {e}")
+            self._daemon_fault("an update batch", e)
             errors = None
         if errors is None:
             self.error_count += len(batch)  # lost; rrdcached may have taken part of it
             return
+        self._daemon_answered()
         for number, (path, f) in enumerate(batch, 1):
             message = errors.get(number)
             if message is None:
@@ -545,6 +696,8 @@ class RrdSink:
             return None
         try:
             conn.start_batch()
+        except TimeoutError:
+            raise  # wedged, not restarted: waiting again would only double the wait
         except (OSError, _ProtocolError):
             # A kept connection to an rrdcached that has restarted fails here, before
             # any update was sent: reconnect once and go on.
@@ -556,14 +709,30 @@ class RrdSink:
         return conn.finish_batch(commands)
 
     def _connection(self) -> _Rrdcached | None:
+        """The connection to rrdcached; None (logged once) if it cannot be had, or
+        an exchange already failed in this poll."""
+        if self._daemon_failed:
+            return None
         if self._conn is None:
             try:
                 self._conn = _Rrdcached(self.daemon, self._timeout)  # type: ignore[arg-type]
             except OSError as e:
+                self._daemon_failed = True
                 self._set_global("rrdcached", "unreachable", f"cannot reach rrdcached {self.daemon}: {e}")
                 return None
-            self._set_global("rrdcached", None)
         return self._conn
+
+    def _daemon_fault(self, during: str, e: Exception) -> None:
+        """An exchange failed (timed out, connection lost, nonsense): drop the
+        connection and send nothing more this poll, so that a stopped rrdcached costs
+        one deadline per poll, not one per file."""
+        self._drop_connection()
+        self._daemon_failed = True
+        why = str(e) or type(e).__name__
+        self._set_global("rrdcached", "failed", f"rrdcached {self.daemon} failed during {during}: {why}")
+
+    def _daemon_answered(self) -> None:
+        self._set_global("rrdcached", None)
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -600,6 +769,9 @@ class RrdSink:
             if ts == f.last:
                 log.debug("RRD %s already updated at %d: skipped", path, ts)
             else:
+                self.clock_back_count += 1
+                until = max(self._clock_back[0], f.last) if self._clock_back else f.last
+                self._clock_back = (until, ts)
                 self._set_fault(path, f, CLOCK_BACK, f"time {ts} is before the last update {f.last}")
             return None
         return f
@@ -610,16 +782,33 @@ class RrdSink:
         try:
             st = os.stat(path)
         except FileNotFoundError:
+            if f.last is not None:  # we wrote it before: someone deleted it
+                self._recreated.append(path)
             return self._create(path, f, ts)
         except OSError as e:
             self._fail(path, f, "cannot examine: " + (e.strerror or "error").lower(), str(e))
             return False
         if not stat.S_ISREG(st.st_mode):
             return self._invalid(path, f, "not a regular file")
-        try:
-            info = rrdtool.info(*self._daemon_args, path)
-        except rrdtool.OperationalError as e:
-            return self._invalid(path, f, f"not a readable RRD file: {e}")
+        if self.daemon:
+            conn = self._connection()
+            if conn is None:
+                self.error_count += 1  # lost with rrdcached (logged once)
+                return False
+            try:
+                conn.flush(path)  # so that its last update counts what rrdcached holds
+                info = conn.info(path)
+            except RrdcachedError as e:
+                return self._invalid(path, f, f"not a readable RRD file: {e}")
+            except (OSError, _ProtocolError, ValueError) as e:
+                self._daemon_fault("reading a file's header", e)
+                self.error_count += 1
+                return False
+        else:
+            try:
+                info = rrdtool.info(path)
+            except rrdtool.OperationalError as e:
+                return self._invalid(path, f, f"not a readable RRD file: {e}")
         problem = _mismatch(info, f.kind, self.step)
         if problem:
             return self._invalid(path, f, f"not a ctxmon {f.kind.name} file: {problem}")
@@ -645,22 +834,24 @@ class RrdSink:
             return False
         start = ts - self.step
         if self.daemon:
-            # rrdcached may still cache updates for a file of that name that was
-            # deleted: they would fail against the new file, and the new ones with them.
-            self._forget(path)
-        try:
-            rrdtool.create(
-                *self._daemon_args,
-                path,
-                "--no-overwrite",  # never clobber a file that appeared meanwhile
-                "--start",
-                str(start),
-                "--step",
-                str(self.step),
-                *definition_args(f.kind.name, self.step),
-            )
-        except rrdtool.OperationalError as e:
-            message = str(e)
+            message = self._create_through_daemon(path, f, start)
+        else:
+            message = None
+            try:
+                rrdtool.create(
+                    path,
+                    "--no-overwrite",  # never clobber a file that appeared meanwhile
+                    "--start",
+                    str(start),
+                    "--step",
+                    str(self.step),
+                    *definition_args(f.kind.name, self.step),
+                )
+            except rrdtool.OperationalError as e:
+                message = str(e)
+        if message == _LOST:
+            return False
+        if message is not None:
             reason = _reason(message)
             if reason == "error" and self._short_of_space(path, f.kind.name):
                 # librrd reports a full disk with an empty message
@@ -673,13 +864,28 @@ class RrdSink:
         self._ok(path, f)
         return True
 
-    def _forget(self, path: str) -> None:
-        if self._conn is None:
-            return
+    def _create_through_daemon(self, path: str, f: _File, start: int) -> str | None:
+        """CREATE through rrdcached: None when made, else the error message, or _LOST
+        when rrdcached could not be asked (counted, logged once)."""
+        conn = self._connection()
+        if conn is None:
+            self.error_count += 1
+            return _LOST
         try:
-            self._conn.command(f"FORGET {path}")  # an error reply (not cached) is fine
-        except (OSError, _ProtocolError):
-            self._drop_connection()  # the next batch reconnects
+            # rrdcached may still cache updates for a file of that name that was
+            # deleted: they would fail against the new file, and the new ones with them.
+            conn.command(f"FORGET {path}")  # an error reply (not cached) is fine
+            conn.create(path, start, self.step, definition_args(f.kind.name, self.step))
+        except RrdcachedError as e:
+            # Some of rrdcached's error replies span two lines: start afresh.
+            self._drop_connection()
+            return str(e)
+        except (OSError, _ProtocolError) as e:
+            self._daemon_fault("a create", e)
+            self.error_count += 1
+            return _LOST
+        self._daemon_answered()
+        return None
 
     def _short_of_space(self, path: str, kind: str) -> bool:
         try:
@@ -794,7 +1000,7 @@ class RrdSink:
                     self._conn.command(f"FLUSH {p}")
                     self._conn.command(f"FORGET {p}")
             except (OSError, _ProtocolError) as e:
-                self._drop_connection()
+                self._daemon_fault("archiving", e)
                 log.warning("RRD: departed %s not archived this time: rrdcached: %s", what, e)
                 return
         try:
@@ -842,8 +1048,19 @@ class RrdSink:
 
     def _report(self) -> None:
         """One log line per fault category that files entered or left in this poll."""
+        if self._recreated:
+            paths = self._recreated
+            log.info("RRD file(s) deleted behind ctxmon's back, created anew: %s%s",
+                     ", ".join(paths[:5]), " ..." if len(paths) > 5 else "")
+            self._recreated = []
+        clock_back, self._clock_back = self._clock_back, None
         for category, entries in self._entered.items():
             paths = [p for p, _ in entries]
+            if category == CLOCK_BACK and clock_back is not None:
+                until, ts = clock_back
+                ahead = until - ts
+                entries = [(paths[0], f"their last update is {_utc(until)}, {ahead} s ahead of "
+                                      f"the clock: writing resumes when the clock passes it")]
             log.warning(
                 "RRD %s for %d file(s): %s%s (%s)",
                 category,
@@ -862,6 +1079,10 @@ class RrdSink:
             )
         self._entered.clear()
         self._cleared.clear()
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 
 
 def _mtime(path: str) -> float | None:

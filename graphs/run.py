@@ -24,6 +24,7 @@ import rrdtool
 
 from exporters.files import write_atomic
 from exporters.names import decode_name, encode_name
+from exporters.rrd import last as rrd_last
 from exporters.rrd import rra_layout
 from exporters.rrdlayout import RrdFile, list_rrd_files
 
@@ -410,11 +411,10 @@ class GraphRun:
         return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
 
     def _last_updates(self, files: Sequence[RrdFile]) -> dict[str, int]:
-        args = ("--daemon", self.daemon) if self.daemon else ()
         out = {}
         for rf in files:
-            try:
-                out[rf.path] = int(rrdtool.last(*args, rf.path))
+            try:  # through ctxmon's rrdcached client: librrd's has no timeout
+                out[rf.path] = rrd_last(rf.path, self.daemon)
             except rrdtool.OperationalError as e:
                 log.warning("cannot read %s: %s", rf.path, e)
         return out

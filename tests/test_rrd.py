@@ -711,3 +711,95 @@ def test_librrd_temp_files_left_by_an_interrupted_create_are_removed(base):
     RrdSink(base, step=60).write(snap(T0, [ctx("web")]))
     assert not os.path.exists(old)
     assert os.path.exists(fresh) and os.path.exists(mine)
+
+
+# ------------------------------------------------- rrdcached stopped (SIGSTOP)
+
+
+def test_rrdcached_stopped_never_hangs_a_write_and_resumes(base, rrdcached, caplog):
+    """librrd's --daemon client has no timeout: a stopped rrdcached and a new context
+    (a CREATE) hung the poll for good. Every exchange now has a deadline, and the first
+    one to miss it ends the poll's others."""
+    directory = os.path.join(base, "rrd")
+    sink = RrdSink(directory, STEP, daemon=rrdcached.addr, timeout=1.0)
+    sink.write(snap(T0, [ctx("a")]))
+    assert sink.error_count == 0
+    rrdcached.proc.send_signal(signal.SIGSTOP)
+    try:
+        caplog.clear()
+        for k, names in enumerate((["a", "new"], ["a", "new", "newer"]), 1):
+            t = time.monotonic()
+            sink.write(snap(T0 + k * STEP, [ctx(n) for n in names]))
+            assert time.monotonic() - t < 3.0  # one deadline, not one per file
+        assert sink.error_count == 3 * 2 + 3 * 3  # every point of both polls, counted
+        assert len(warnings_about(caplog, "rrdcached")) == 1
+        assert "did not answer within 1 s" in warnings_about(caplog, "rrdcached")[0]
+    finally:
+        rrdcached.proc.send_signal(signal.SIGCONT)
+    sink.write(snap(T0 + 3 * STEP, [ctx("a"), ctx("new")]))
+    assert any("recovered" in r.getMessage() for r in caplog.records)
+    lost = sink.error_count
+    sink.write(snap(T0 + 4 * STEP, [ctx("a"), ctx("new")]))
+    assert sink.error_count == lost
+    assert sink.flush()
+    path = rrd_path(directory, "mem", "new")
+    wait_for(lambda: os.path.exists(path) and on_disk_last_update(path) == T0 + 4 * STEP, "new's update")
+    sink.close()
+
+
+def test_fetch_and_last_through_a_stopped_rrdcached_fail_within_the_deadline(base, rrdcached, monkeypatch):
+    directory = os.path.join(base, "rrd")
+    sink = RrdSink(directory, STEP, daemon=rrdcached.addr)
+    for k in range(3):
+        sink.write(snap(T0 + k * STEP, [ctx("a", rss=1000 * (k + 1))]))
+    sink.close()
+    mem = rrd_path(directory, "mem", "a")
+    # through rrdcached, pending updates are flushed before reading
+    assert rrd.last(mem, daemon=rrdcached.addr) == T0 + 2 * STEP
+    got = fetch(mem, T0, T0 + 2 * STEP, daemon=rrdcached.addr)
+    assert got.rows[(T0 + 2 * STEP - got.start) // got.step - 1] == (3000.0, 4000.0)
+    monkeypatch.setattr(rrd, "READ_TIMEOUT", 1.0)
+    rrd._readers.pop(rrdcached.addr).close()  # a new connection takes the new deadline
+    rrdcached.proc.send_signal(signal.SIGSTOP)
+    try:
+        t = time.monotonic()
+        with pytest.raises(rrd.rrdtool.OperationalError, match="did not answer"):
+            fetch(mem, T0, T0 + 2 * STEP, daemon=rrdcached.addr)
+        assert time.monotonic() - t < 2.5
+        t = time.monotonic()
+        for _ in range(20):  # a renderer's many files do not wait one deadline each
+            with pytest.raises(rrd.rrdtool.OperationalError):
+                rrd.last(mem, daemon=rrdcached.addr)
+        assert time.monotonic() - t < 0.5
+    finally:
+        rrdcached.proc.send_signal(signal.SIGCONT)
+    monkeypatch.setattr(rrd, "READ_RETRY_SECONDS", 0.0)
+    rrd._readers_down.clear()
+    assert rrd.last(mem, daemon=rrdcached.addr) == T0 + 2 * STEP
+
+
+def test_clock_back_is_counted_and_says_when_writing_resumes(base, caplog):
+    sink = RrdSink(os.path.join(base, "rrd"), STEP)
+    sink.write(snap(T0 + 600, [ctx("web")]))
+    caplog.clear()
+    sink.write(snap(T0, [ctx("web")]))
+    sink.write(snap(T0 + 60, [ctx("web")]))
+    assert sink.clock_back_count == 6
+    [line] = warnings_about(caplog, "clock stepped back")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(T0 + 600))
+    assert f"their last update is {stamp}, 600 s ahead" in line
+    sink.write(snap(T0 + 600, [ctx("web")]))  # the same second: not the clock's fault
+    assert sink.clock_back_count == 6
+
+
+def test_a_deleted_file_recreated_is_logged_at_info(base, caplog):
+    sink = RrdSink(os.path.join(base, "rrd"), STEP)
+    sink.write(snap(T0, [ctx("web")]))
+    mem = rrd_path(sink.directory, "mem", "web")
+    os.unlink(mem)
+    caplog.clear()
+    sink.write(snap(T0 + 60, [ctx("web")]))
+    assert not sink.write(snap(T0 + 120, [ctx("web")]))
+    [line] = [r for r in caplog.records if "created anew" in r.getMessage()]
+    assert line.levelno == logging.INFO and mem in line.getMessage()
+    assert on_disk_last_update(mem) == T0 + 120
