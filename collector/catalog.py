@@ -459,6 +459,24 @@ FAMILIES: tuple[Family, ...] = (
            (), "count", "daemon", readme_group="ctxmon_polls_total`, "
                                                 "`ctxmon_missed_polls_total`, "
                                                 "`ctxmon_poll_failures_total"),
+    Family("ctxmon_stuck_polls", "counter", "Polls that ran longer than three intervals.",
+           (), "count", "daemon", readme="polls that ran past three intervals (logged "
+                                         "once each, with where they hang)"),
+    Family("ctxmon_poll_stuck", "gauge",
+           "1 while the poll in progress runs past three intervals: the snapshot served is "
+           "not being renewed.", (), "", "daemon",
+           readme="1 while a poll is stuck: the context series served are not renewed"),
+    Family("ctxmon_snapshot_age_seconds", "gauge",
+           "Seconds since the snapshot served was taken.", (), "seconds", "daemon",
+           readme="age of the snapshot served (grows past the interval when polls stall)"),
+    Family("ctxmon_rrd_clock_back_skips", "counter",
+           "RRD updates skipped because the clock was behind a file's last update "
+           "(a clock stepped back).", (), "count", "daemon",
+           readme="RRD updates skipped while the clock is behind a file's last update"),
+    Family("ctxmon_rrd_files_refused", "counter",
+           "RRD files not created because the data directory reached [rrd] max_bytes.",
+           (), "count", "daemon",
+           readme="RRD files not created because the data directory reached `[rrd] max_bytes`"),
     # Special: the exporter's cap decides it, not the snapshot.
     Family("ctxmon_contexts_folded", "gauge",
            f"Contexts summed into context=\"{OTHER}\" by the export cap.", (), "count",

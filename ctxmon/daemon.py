@@ -1,11 +1,16 @@
 """`ctxmon run`: the core that only schedules.
 
 Every `[collector] interval` the poll job samples one snapshot and hands it to each
-sink in turn; a sink that fails is logged and counted, the others still get the
-snapshot. APScheduler runs the job on one worker thread (coalesced, one instance at
-a time) while the main thread waits for signals: SIGTERM/SIGINT let the poll in
-progress finish, flush rrdcached and exit 0; SIGHUP reloads the config, keeping the
-old one when the new one is bad.
+sink of `Daemon.sinks` in turn (exporters.sink.Sink: the RRD writer, the alert
+evaluation, any a caller adds); a sink that fails is logged once and counted, the
+others still get the snapshot. APScheduler runs the job on one worker thread
+(coalesced, one instance at a time) while the main thread waits for signals and
+watches the poll: one running past STUCK_INTERVALS intervals is logged, counted and
+shown in /metrics (`ctxmon_poll_stuck`, `ctxmon_snapshot_age_seconds`).
+SIGTERM/SIGINT let the poll in progress finish (at most STOP_POLL_WAIT seconds),
+flush rrdcached and exit 0, always within STOP_LIMIT seconds; SIGHUP reloads the
+config, keeping the old one when the new one is bad. Time comes from an injectable
+clock, so a benchmark can drive `Daemon.poll` through days of RRD steps in minutes.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 from apscheduler.events import (
     EVENT_JOB_ERROR,
@@ -31,11 +38,17 @@ from collector import build_source
 from collector.sampler import Sampler
 from collector.snapshot import Snapshot
 from exporters.names import loggable
+from exporters.sink import Complaints, Sink
 
 from .config import Config, ConfigError, load_config
 
 log = logging.getLogger("ctxmon.daemon")
 
+STUCK_INTERVALS = 3  # a poll running longer than this many intervals is stuck
+STOP_POLL_WAIT = 5.0  # seconds SIGTERM waits for the poll in progress
+STOP_LIMIT = 9.0  # seconds after SIGTERM the process is gone, whatever hangs
+SERVER_RETRY = 30.0  # at most this many seconds (else one interval) between tries of
+# an exporter address that was busy at a reload
 
 
 @dataclass
@@ -49,6 +62,7 @@ class DaemonStats:
     last_poll_duration: float | None = None
     last_poll_end: float | None = None
     last_rrd_errors: int = 0  # RRD updates that failed in the last poll
+    stuck_polls: int = 0  # polls that ran past STUCK_INTERVALS intervals
 
 
 def build_context_source(cfg: Config):
@@ -73,9 +87,9 @@ def build_traffic(cfg: Config):
     return TrafficAccounting(cfg.collector.cgroup_root)
 
 
-def build_sampler(cfg: Config) -> Sampler:
+def build_sampler(cfg: Config, clock: Callable[[], float] = time.time) -> Sampler:
     return Sampler(build_context_source(cfg), cfg.collector.proc_root,
-                   traffic=build_traffic(cfg))
+                   traffic=build_traffic(cfg), clock=clock)
 
 
 def _served_graphs(cfg: Config) -> str | None:
@@ -127,18 +141,75 @@ def build_renderer(cfg: Config):
     return renderer
 
 
-def build_rrd_sink(cfg: Config):
+def build_rrd_sink(cfg: Config, clock: Callable[[], float] = time.time):
     from exporters.rrd import RrdSink
 
     r = cfg.rrd
     return RrdSink(r.dir, step=int(r.step), daemon=r.daemon or None,
-                   retention_seconds=r.retention)
+                   retention_seconds=r.retention, clock=clock)
+
+
+class AlertSink:
+    """The alert evaluation as a sink: each snapshot evaluated by the engine (if any
+    rules), firing alerts and levels handed to the graph renderer, which is another
+    process and reads them from a file in the graphs folder."""
+
+    name = "alerts"
+
+    def __init__(self, engine, state_path: str | None):
+        self.engine = engine
+        self.state_path = state_path
+        self.error_count = 0
+
+    def write(self, snapshot: Snapshot) -> None:
+        try:
+            if self.engine is not None:
+                self.engine.evaluate(snapshot)
+        finally:
+            self._hand_over(self.engine)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self.engine is not None:
+            self.engine.close(timeout)  # gives queued notifications a few seconds
+        self._hand_over(None)  # no banner claims what nobody evaluates
+
+    def _hand_over(self, engine) -> None:
+        if self.state_path is not None:
+            from alerts.handoff import write_alert_state
+
+            write_alert_state(engine, self.state_path)
+
+
+def _alert_state_path(cfg: Config) -> str | None:
+    if not cfg.graphs.enabled:
+        return None
+    from alerts.handoff import ALERT_STATE_FILE
+
+    return os.path.join(cfg.graphs.dir, ALERT_STATE_FILE)
+
+
+class _QuietScheduler(logging.Filter):
+    """APScheduler's own lines about a skipped or missed run: the daemon logs one
+    line of its own per skipped poll (`Daemon._job_event`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not (msg.startswith("Run time of job") or msg.startswith("Execution of job"))
 
 
 class Daemon:
-    def __init__(self, cfg: Config, config_path: str | None = None):
+    """`sinks` are added after the daemon's own (RRD, alerts); `clock` gives the wall
+    time of snapshots, RRD updates and snapshot ages (durations use the monotonic
+    clock)."""
+
+    def __init__(self, cfg: Config, config_path: str | None = None,
+                 sinks: Sequence[Sink] = (), clock: Callable[[], float] = time.time):
         self.cfg = cfg
         self.config_path = config_path
+        self.clock = clock
         self.stats = DaemonStats()
         self.latest: Snapshot | None = None  # what the exporter serves
         self._lock = threading.Lock()  # a poll and a reload never interleave
@@ -147,10 +218,19 @@ class Daemon:
         self._reload = False
         self._known: set[str] = set()
         self.renderer = build_renderer(cfg)
-        self.sampler = build_sampler(cfg)
-        self.rrd = build_rrd_sink(cfg)
+        self._poll_started: float | None = None  # monotonic start of the poll running
+        self._poll_thread: threading.Thread | None = None
+        self._stuck = False  # the poll running was reported stuck
+        self._complaints = Complaints(log)  # sink failures, the exporter's address
+        self.sampler = build_sampler(cfg, clock)
+        self.rrd = build_rrd_sink(cfg, clock)
         self.alerts = build_alert_engine(cfg)
+        self._alert_sink = AlertSink(self.alerts, _alert_state_path(cfg))
+        self.extra_sinks = list(sinks)
         self.server = build_metrics_server(cfg, self)
+        self._serving: Config | None = None  # the config whose exporter really serves
+        self._wanted: Config | None = None  # one whose address was busy: retried
+        self._next_server_try = 0.0
         self.scheduler = BackgroundScheduler(
             # Polls on their own thread; starting the graph renderer never waits on one.
             executors={"default": ThreadPoolExecutor(1), "graphs": ThreadPoolExecutor(1)},
@@ -160,63 +240,71 @@ class Daemon:
             self._job_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR
         )
 
+    @property
+    def sinks(self) -> list[Sink]:
+        """What each poll's snapshot is handed to, in this order."""
+        return [self.rrd, self._alert_sink, *self.extra_sinks]
+
     # -- jobs -------------------------------------------------------------------
 
     def poll(self) -> Snapshot | None:
         with self._lock:
             t0 = time.monotonic()
+            self._poll_thread = threading.current_thread()
+            self._poll_started = t0
             try:
-                snap = self.sampler.sample()
-            except Exception:
-                self.stats.poll_failures += 1
-                log.exception("poll failed")
-                return None
-            self._log_changes(snap)
-            self._write(snap)
-            if self.alerts is not None:
-                try:
-                    self.alerts.evaluate(snap)
-                except Exception:
-                    self.stats.sink_errors["alerts"] = self.stats.sink_errors.get("alerts", 0) + 1
-                    log.exception("alert evaluation failed; the poll goes on")
-            self._hand_alerts_to_graphs(self.alerts)
-            self.stats.polls += 1
-            self.stats.last_poll_duration = time.monotonic() - t0
-            self.stats.last_poll_end = time.time()
-            self.latest = snap  # from now on scrapes see it
-            if self.server is not None:  # its text: rendered now if scraped lately, else lazily
-                self.server.registry.snapshot_collector.published()
-            log.debug(
-                "poll %d: %d contexts, %d processes, %.0f ms (sample %.0f ms)",
-                self.stats.polls, len(snap.contexts),
-                sum(c.processes for c in snap.contexts),
-                self.stats.last_poll_duration * 1e3, snap.duration_seconds * 1e3,
-            )
-            return snap
+                return self._poll(t0)
+            finally:
+                self._poll_started = None
+                if self._stuck:
+                    self._stuck = False
+                    log.warning("the stuck poll ended after %.0f s", time.monotonic() - t0)
+
+    def _poll(self, t0: float) -> Snapshot | None:
+        try:
+            snap = self.sampler.sample()
+        except Exception:
+            self.stats.poll_failures += 1
+            log.exception("poll failed")
+            return None
+        self._log_changes(snap)
+        self._write(snap)
+        self.stats.polls += 1
+        self.stats.last_poll_duration = time.monotonic() - t0
+        self.stats.last_poll_end = self.clock()
+        self.latest = snap  # from now on scrapes see it
+        if self.server is not None:  # its text: rendered now if scraped lately, else lazily
+            self.server.registry.snapshot_collector.published()
+        log.debug(
+            "poll %d: %d contexts, %d processes, %.0f ms (sample %.0f ms)",
+            self.stats.polls, len(snap.contexts),
+            sum(c.processes for c in snap.contexts),
+            self.stats.last_poll_duration * 1e3, snap.duration_seconds * 1e3,
+        )
+        return snap
 
     def _write(self, snap: Snapshot) -> None:
         rrd_errors = self.rrd.error_count
-        for name, sink in (("rrd", self.rrd),):
+        for sink in self.sinks:
+            name = getattr(sink, "name", type(sink).__name__)
             try:
                 sink.write(snap)
-            except Exception:
+            except Exception as e:
                 self.stats.sink_errors[name] = self.stats.sink_errors.get(name, 0) + 1
-                log.exception("%s sink failed; the other sinks go on", name)
+                if self._complaints.complain(f"sink {name}", f"{type(e).__name__}: {e}",
+                                             "failed; the other sinks go on (logged once "
+                                             "until it works again)"):
+                    log.error("%s", "".join(traceback.format_exception(e)).rstrip())
+            else:
+                self._complaints.release(f"sink {name}", "works again")
         self.stats.last_rrd_errors = self.rrd.error_count - rrd_errors
-
-    def _hand_alerts_to_graphs(self, engine) -> None:
-        """The graph renderer is another process: it reads firing alerts and levels
-        (banner, threshold lines) from a file in the graphs folder."""
-        if self.cfg.graphs.enabled:
-            from alerts.handoff import ALERT_STATE_FILE, write_alert_state
-
-            write_alert_state(engine, os.path.join(self.cfg.graphs.dir, ALERT_STATE_FILE))
 
     def self_metrics(self):
         """What the exporter serves about the daemon itself (called at scrape time)."""
         from exporters.prometheus import SelfMetrics
 
         st = self.stats
+        latest = self.latest
         return SelfMetrics(
             poll_duration_seconds=st.last_poll_duration,
             last_poll_timestamp_seconds=st.last_poll_end,
@@ -224,7 +312,38 @@ class Daemon:
             polls_total=st.polls,
             missed_polls_total=st.missed_polls,
             poll_failures_total=st.poll_failures,
+            stuck_polls_total=st.stuck_polls,
+            poll_stuck=self._stuck,
+            snapshot_age_seconds=(None if latest is None
+                                  else max(0.0, self.clock() - latest.timestamp)),
+            rrd_clock_back_total=self.rrd.clock_back_count,
         )
+
+    def check_poll(self) -> None:
+        """Called often from the main thread: report a poll running past
+        STUCK_INTERVALS intervals, once, with where it is stuck."""
+        started = self._poll_started
+        if started is None or self._stuck:
+            return
+        running = time.monotonic() - started
+        limit = STUCK_INTERVALS * self.cfg.collector.interval
+        if running <= limit:
+            return
+        self._stuck = True
+        self.stats.stuck_polls += 1
+        log.error("stuck poll: running for %.0f s (over %d intervals) in %s; /metrics shows "
+                  "ctxmon_poll_stuck 1 and the snapshot's age until it ends",
+                  running, STUCK_INTERVALS, self._poll_location())
+
+    def _poll_location(self) -> str:
+        """The poll thread's three innermost frames, `file:line in function < caller ...`."""
+        thread = self._poll_thread
+        frame = sys._current_frames().get(thread.ident) if thread is not None else None
+        if frame is None:
+            return "an unknown place"
+        frames = traceback.extract_stack(frame)[-3:]
+        return " < ".join(f"{os.path.basename(f.filename)}:{f.lineno} in {f.name}"
+                          for f in reversed(frames))
 
     def _log_changes(self, snap: Snapshot) -> None:
         now = {c.label for c in snap.contexts}
@@ -237,13 +356,17 @@ class Daemon:
             log.debug("%s: %d file(s) skipped this poll", src, n)
 
     def _job_event(self, event) -> None:
+        if event.job_id != "poll" and event.code != EVENT_JOB_ERROR:
+            return  # the renderer's job logs for itself
         if event.code == EVENT_JOB_MISSED:
             self.stats.missed_polls += 1
-            log.warning("poll at %s was missed (the previous one or the host was too slow)",
+            log.warning("missed the poll of %s (the previous one or the host was too slow)",
                         event.scheduled_run_time)
         elif event.code == EVENT_JOB_MAX_INSTANCES:
             self.stats.missed_polls += 1
-            log.warning("poll skipped: the previous poll is still running")
+            started = self._poll_started
+            running = "" if started is None else f" (for {time.monotonic() - started:.0f} s)"
+            log.warning("skipped a poll: the previous one is still running%s", running)
         elif event.code == EVENT_JOB_ERROR:
             log.error("job %s failed: %s", event.job_id, event.exception)
 
@@ -300,56 +423,69 @@ class Daemon:
         except ConfigError as e:
             log.error("reload refused, keeping the running config: %s", e)
             return False
+        if not self._lock.acquire(timeout=2.0):
+            # The poll in progress is stuck: try again once it has ended.
+            self._complaints.complain("reload", "waiting", "postponed until the stuck poll ends")
+            self._reload = True
+            return False
+        try:
+            return self._reload_locked(new)
+        finally:
+            self._lock.release()
+            self._complaints.release("reload", "done")
+
+    def _reload_locked(self, new: Config) -> bool:
         old = self.cfg
         source = rrd = None
         try:
             if _without_interval(new.collector) != _without_interval(old.collector):
                 source = build_context_source(new)
             if new.rrd != old.rrd:
-                rrd = build_rrd_sink(new)
+                rrd = build_rrd_sink(new, self.clock)
         except (ValueError, OSError) as e:
             if source is not None:
                 source.close()
             log.error("reload refused, keeping the running config: %s", e)
             return False
-        with self._lock:
-            if source is not None:
-                if new.collector.proc_root == old.collector.proc_root:
-                    self.sampler.replace_source(source)
-                else:  # another tree: its pids and counters are not these
-                    self.sampler.close()
-                    self.sampler = Sampler(source, new.collector.proc_root,
-                                           traffic=build_traffic(new))
-            if (new.traffic != old.traffic
-                    or new.collector.cgroup_root != old.collector.cgroup_root):
-                previous = self.sampler.traffic
-                if previous is not None:
-                    previous.close()  # deletes the table
-                self.sampler.traffic = build_traffic(new)
-                if previous is not None and self.sampler.traffic is not None:
-                    self.sampler.traffic.totals = previous.totals  # never decreasing
-            if rrd is not None:
-                try:
-                    self.rrd.flush()
-                except Exception as e:
-                    log.error("flushing RRD updates failed: %s", e)
-                self.rrd.close()
-                self.rrd = rrd
-            if new.alerts != old.alerts:
-                if self.alerts is not None and new.alerts.rules:
-                    self.alerts.reconfigure(new.alerts)  # alert states carry over
-                else:
-                    if self.alerts is not None:
-                        self.alerts.close()
-                    self.alerts = build_alert_engine(new)
-            if new.graphs != old.graphs or new.rrd != old.rrd:
-                # The worker holds the settings it was started with: a new one for new ones.
-                renderer, self.renderer = self.renderer, build_renderer(new)
-                if renderer is not None:
-                    renderer.close()
-            if new.exporter != old.exporter or _served_graphs(new) != _served_graphs(old):
-                self._restart_server(new, old)
-            self.cfg = new
+        if source is not None:
+            if new.collector.proc_root == old.collector.proc_root:
+                self.sampler.replace_source(source)
+            else:  # another tree: its pids and counters are not these
+                self.sampler.close()
+                self.sampler = Sampler(source, new.collector.proc_root,
+                                       traffic=build_traffic(new), clock=self.clock)
+        if (new.traffic != old.traffic
+                or new.collector.cgroup_root != old.collector.cgroup_root):
+            previous = self.sampler.traffic
+            if previous is not None:
+                previous.close()  # deletes the table
+            self.sampler.traffic = build_traffic(new)
+            if previous is not None and self.sampler.traffic is not None:
+                self.sampler.traffic.totals = previous.totals  # never decreasing
+        if rrd is not None:
+            try:
+                self.rrd.flush()
+            except Exception as e:
+                log.error("flushing RRD updates failed: %s", e)
+            self.rrd.close()
+            self.rrd = rrd
+        if new.alerts != old.alerts:
+            if self.alerts is not None and new.alerts.rules:
+                self.alerts.reconfigure(new.alerts)  # alert states carry over
+            else:
+                if self.alerts is not None:
+                    self.alerts.close()
+                self.alerts = build_alert_engine(new)
+        self._alert_sink = AlertSink(self.alerts, _alert_state_path(new))
+        if new.graphs != old.graphs or new.rrd != old.rrd:
+            # The worker holds the settings it was started with: a new one for new ones.
+            renderer, self.renderer = self.renderer, build_renderer(new)
+            if renderer is not None:
+                renderer.close()
+        served = self._wanted or self._serving or old
+        if new.exporter != served.exporter or _served_graphs(new) != _served_graphs(served):
+            self._restart_server(new)
+        self.cfg = new
         if (new.collector.interval != old.collector.interval
                 or new.graphs.interval != old.graphs.interval
                 or new.graphs.enabled != old.graphs.enabled):
@@ -357,22 +493,63 @@ class Daemon:
         log.info("config reloaded from %s", self.config_path)
         return True
 
-    def _restart_server(self, new: Config, old: Config) -> None:
-        """Serve with the new settings; failing that the old ones; failing that, log."""
+    def _restart_server(self, new: Config) -> None:
+        """Serve /metrics with `new`'s exporter settings.
+
+        A new address is bound before the old server stops: when it is busy, the
+        old address goes on serving (and is what the log names), and the new one is
+        tried again every SERVER_RETRY seconds (`retry_server`). The same address
+        with other settings (TLS, auth) must be let go first; failing to take it
+        back, no endpoint serves until a retry succeeds.
+        """
+        self._wanted = None
+        current = self._serving
+        if current is not None and self.server is not None:
+            if (new.exporter.enabled and new.exporter.host == current.exporter.host
+                    and new.exporter.port == current.exporter.port):
+                self.server.stop()
+                self.server = None
+                self._serving = None
+        try:
+            server = build_metrics_server(new, self)
+            if server is not None:
+                server.start()
+        except (OSError, ValueError) as e:
+            self._wanted = new
+            retry = min(SERVER_RETRY, max(1.0, self.cfg.collector.interval))
+            self._next_server_try = time.monotonic() + retry
+            where = (f"still serving on {current.exporter.listen}" if self.server is not None
+                     else "no /metrics endpoint until it can be had")
+            self._complaints.complain(
+                "/metrics", "unavailable",
+                f"cannot serve on {new.exporter.listen}: {getattr(e, 'strerror', None) or e}; "
+                f"{where}; trying again every {retry:g} s")
+            if self.server is None and current is not None and current.exporter != new.exporter:
+                self._start_server(current)  # take the old address back
+            return
         if self.server is not None:
             self.server.stop()
-            self.server = None
-        for cfg in (new, old):
-            try:
-                self.server = build_metrics_server(cfg, self)
-                if self.server is not None:
-                    self.server.start()
-                    log.info("serving /metrics on %s", cfg.exporter.listen)
-                return
-            except (OSError, ValueError) as e:
-                self.server = None
-                log.error("cannot serve /metrics on %s: %s", cfg.exporter.listen, e)
-        log.error("no /metrics endpoint until the next successful reload")
+        self.server, self._serving = server, (new if server is not None else None)
+        if server is not None:
+            log.info("serving /metrics on %s", new.exporter.listen)
+        self._complaints.release("/metrics", f"now serving on {new.exporter.listen}")
+
+    def _start_server(self, cfg: Config) -> bool:
+        try:
+            server = build_metrics_server(cfg, self)
+            if server is not None:
+                server.start()
+        except (OSError, ValueError) as e:
+            log.error("cannot serve /metrics on %s: %s", cfg.exporter.listen,
+                      getattr(e, "strerror", None) or e)
+            return False
+        self.server, self._serving = server, (cfg if server is not None else None)
+        return True
+
+    def retry_server(self) -> None:
+        """Try again an exporter address that was busy at a reload (main thread)."""
+        if self._wanted is not None and time.monotonic() >= self._next_server_try:
+            self._restart_server(self._wanted)
 
     def run(self) -> int:
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -392,6 +569,7 @@ class Daemon:
                 self.rrd.close()
                 self.sampler.close()
                 return 1
+            self._serving = self.cfg
             log.info("serving /metrics on %s", self.cfg.exporter.listen)
         if self.cfg.daemon.user:
             try:
@@ -405,35 +583,79 @@ class Daemon:
                 self.rrd.close()
                 self.sampler.close()
                 return 1
+        quiet = _QuietScheduler()
+        for name in ("apscheduler.scheduler", "apscheduler.executors.default"):
+            logging.getLogger(name).addFilter(quiet)
         self._schedule()
         self.scheduler.start()
         try:
             while not self._stop:
-                self._wake.wait()
+                self._wake.wait(1.0)  # also a tick to watch the poll and retry the exporter
                 self._wake.clear()
+                self.check_poll()
+                self.retry_server()
                 if self._reload and not self._stop:
                     self._reload = False
                     if self.config_path:
                         self.reload()
         finally:
-            log.info("stopping: finishing the poll in progress")
-            self.scheduler.shutdown(wait=True)
-            with self._lock:
+            clean = self._shut_down()
+        log.info("stopped after %d polls", self.stats.polls)
+        if not clean:
+            # The stuck poll's thread is not a daemon thread: the interpreter would
+            # wait for it at exit, for good.
+            logging.shutdown()
+            os._exit(0)
+        return 0
+
+    def _shut_down(self) -> bool:
+        """Stop within STOP_LIMIT seconds; False if the poll in progress was left stuck."""
+        deadline = time.monotonic() + STOP_LIMIT
+        watchdog = threading.Timer(STOP_LIMIT, _exit_now)  # should all else hang
+        watchdog.daemon = True
+        watchdog.start()
+        log.info("stopping: finishing the poll in progress")
+        self.scheduler.shutdown(wait=False)
+        clean = self._lock.acquire(timeout=STOP_POLL_WAIT)
+        if not clean:
+            log.error("stopping without the poll in progress: stuck in %s", self._poll_location())
+        try:
+            for sink in self.sinks:
                 try:
-                    self.rrd.flush()
+                    if clean:
+                        sink.flush()
+                    elif sink is self.rrd:
+                        self.rrd.flush()  # its own connection, with a deadline: safe
                 except Exception as e:
-                    log.error("flushing RRD updates failed: %s", e)
-                self.rrd.close()
-                self.sampler.close()
+                    log.error("flushing the %s sink failed: %s",
+                              getattr(sink, "name", type(sink).__name__), e)
             if self.server is not None:
                 self.server.stop()
-            if self.alerts is not None:
-                self.alerts.close()  # gives queued notifications a few seconds
-            self._hand_alerts_to_graphs(None)  # no banner claims what nobody evaluates
+            if clean:
+                left = max(0.5, deadline - time.monotonic() - 2.0)
+                for sink in self.sinks:
+                    try:
+                        if isinstance(sink, AlertSink):
+                            sink.close(min(left, 5.0))
+                        else:
+                            sink.close()
+                    except Exception as e:
+                        log.error("closing the %s sink failed: %s",
+                                  getattr(sink, "name", type(sink).__name__), e)
+                self.sampler.close()
             if self.renderer is not None:
-                self.renderer.close()
-        log.info("stopped after %d polls", self.stats.polls)
-        return 0
+                self.renderer.close()  # at most 5 s
+        finally:
+            if clean:
+                self._lock.release()
+        watchdog.cancel()
+        return clean
+
+
+def _exit_now() -> None:
+    log.error("stopping took over %g s: exiting now", STOP_LIMIT)
+    logging.shutdown()
+    os._exit(1)
 
 
 def _without_interval(c):

@@ -44,6 +44,11 @@ class SelfMetrics:
     polls_total: int = 0
     missed_polls_total: int = 0  # polls skipped because the previous one ran late
     poll_failures_total: int = 0  # polls that raised and produced no snapshot
+    stuck_polls_total: int = 0  # polls that ran past 3 intervals
+    poll_stuck: bool = False  # the poll in progress is one of them
+    snapshot_age_seconds: float | None = None  # of the snapshot served, at scrape time
+    rrd_clock_back_total: int = 0  # RRD updates skipped: clock behind a file's last update
+    rrd_files_refused_total: int = 0  # RRD files not made: [rrd] max_bytes reached
 
 
 # name (without _total for counters) -> (type, help, label names), derived from the
@@ -273,6 +278,12 @@ class SnapshotCollector(Collector):
         add("ctxmon_polls", (), me.polls_total)
         add("ctxmon_missed_polls", (), me.missed_polls_total)
         add("ctxmon_poll_failures", (), me.poll_failures_total)
+        add("ctxmon_stuck_polls", (), me.stuck_polls_total)
+        add("ctxmon_poll_stuck", (), 1 if me.poll_stuck else 0)
+        if me.snapshot_age_seconds is not None:
+            add("ctxmon_snapshot_age_seconds", (), me.snapshot_age_seconds)
+        add("ctxmon_rrd_clock_back_skips", (), me.rrd_clock_back_total)
+        add("ctxmon_rrd_files_refused", (), me.rrd_files_refused_total)
         add("ctxmon_build_info", (label_value(self.version),), 1)
         return [fam for fam in fams.values() if fam.samples]
 

@@ -36,7 +36,6 @@ import socket
 import stat
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
 
@@ -58,6 +57,7 @@ from .rrdlayout import (  # noqa: F401  (re-exported for older callers)
     list_rrd_files,
     rrd_path,
 )
+from .sink import Complaints
 
 log = logging.getLogger(__name__)
 
@@ -478,14 +478,13 @@ _LOST = "\0lost"  # _create_through_daemon: rrdcached could not be asked
 class _File:
     """What the sink knows of one RRD file."""
 
-    __slots__ = ("kind", "last", "checked", "invalid_key", "fault")
+    __slots__ = ("kind", "last", "checked", "invalid_key")
 
     def __init__(self, kind: FileKind):
         self.kind = kind
         self.last: int | None = None  # time of its last update, as written or read
         self.checked = False  # False: stat it (create or validate) before the next update
         self.invalid_key: tuple | None = None  # stat of a file found unusable, to see it change
-        self.fault: str | None = None  # current fault category, logged when it changes
 
 
 class RrdSink:
@@ -533,11 +532,10 @@ class RrdSink:
         self._files: dict[str, _File] = {}
         self._next_maintenance = float("-inf")
         self._root_seen = False
-        self._global_faults: dict[str, str] = {}
         self._capacity: tuple[int | None, int | None] | None = None  # last written
         self._duplicates_warned: set[str] = set()
-        self._entered: dict[str, list[tuple[str, str]]] = defaultdict(list)
-        self._cleared: dict[str, list[str]] = defaultdict(list)
+        self._faults = Complaints(log, prefix="RRD ", gather=True)  # per file, one line a poll
+        self._global = Complaints(log, prefix="RRD ")  # the directory, rrdcached
 
     # ---------------------------------------------------------------- public
 
@@ -1012,6 +1010,7 @@ class RrdSink:
         prefix = source + os.sep
         for p in [p for p in self._files if p == source or p.startswith(prefix)]:
             del self._files[p]
+            self._faults.forget(p)
         log.info(
             "RRD: archived departed %s, last updated %s, to %s",
             what,
@@ -1026,25 +1025,17 @@ class RrdSink:
         self._set_fault(path, f, category, detail)
 
     def _set_fault(self, path: str, f: _File, category: str, detail: str) -> None:
-        if f.fault != category:
-            f.fault = category
-            self._entered[category].append((path, detail))
+        self._faults.complain(path, category, detail)
 
     def _ok(self, path: str, f: _File) -> None:
-        if f.fault is not None:
-            self._cleared[f.fault].append(path)
-            f.fault = None
+        self._faults.release(path)
 
     def _set_global(self, key: str, category: str | None, detail: str = "") -> None:
         """A fault of the whole sink (its directory, rrdcached), logged on change."""
-        previous = self._global_faults.get(key)
         if category is None:
-            if previous is not None:
-                del self._global_faults[key]
-                log.info("RRD %s: recovered", key)
-        elif previous != category:
-            self._global_faults[key] = category
-            log.warning("RRD %s: %s", key, detail or category)
+            self._global.release(key)
+        else:
+            self._global.complain(key, category, detail)
 
     def _report(self) -> None:
         """One log line per fault category that files entered or left in this poll."""
@@ -1054,31 +1045,12 @@ class RrdSink:
                      ", ".join(paths[:5]), " ..." if len(paths) > 5 else "")
             self._recreated = []
         clock_back, self._clock_back = self._clock_back, None
-        for category, entries in self._entered.items():
-            paths = [p for p, _ in entries]
-            if category == CLOCK_BACK and clock_back is not None:
-                until, ts = clock_back
-                ahead = until - ts
-                entries = [(paths[0], f"their last update is {_utc(until)}, {ahead} s ahead of "
-                                      f"the clock: writing resumes when the clock passes it")]
-            log.warning(
-                "RRD %s for %d file(s): %s%s (%s)",
-                category,
-                len(paths),
-                ", ".join(paths[:5]),
-                " ..." if len(paths) > 5 else "",
-                entries[0][1],
-            )
-        for category, paths in self._cleared.items():
-            log.info(
-                "RRD %s: cleared for %d file(s): %s%s",
-                category,
-                len(paths),
-                ", ".join(paths[:5]),
-                " ..." if len(paths) > 5 else "",
-            )
-        self._entered.clear()
-        self._cleared.clear()
+        details = {}
+        if clock_back is not None:
+            until, ts = clock_back
+            details[CLOCK_BACK] = (f"their last update is {_utc(until)}, {until - ts} s ahead "
+                                   f"of the clock: writing resumes when the clock passes it")
+        self._faults.report(details)
 
 
 def _utc(t: float) -> str:
