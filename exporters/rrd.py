@@ -12,8 +12,10 @@ rate / 1e6 is the CPU ratio (1.0 = one CPU busy). `fetch` applies that conversio
 
 Kernel counters are DERIVE with min 0, so a counter reset gives one unknown point and
 never a spike; gauges are GAUGE with min 0. Heartbeat is 2 x step. Each file has
-AVERAGE, MIN and MAX archives covering at least 2 days at the step, 14 days at <= 30
-min per row, 62 days at <= 2 h and 2 years at <= 1 day (see `rra_layout`).
+AVERAGE, MIN and MAX archives covering at least 2 days at the step (at rows of <= 108 s
+below a 60 s step, plus what the 60-s file's size leaves at the step itself), 14 days
+at <= 30 min per row, 62 days at <= 2 h and 2 years at <= 1 day (see `rra_layout`):
+no file is larger at a short step than at 60 s.
 
 With `daemon` set, files are created through rrdcached, validated through it, and a
 poll's updates are sent as one BATCH over its socket (the bindings would cost one
@@ -67,6 +69,9 @@ XFF = 0.5
 CONSOLIDATIONS = ("AVERAGE", "MIN", "MAX")
 # (time span each archive covers, longest time one row may stand for; None = the step)
 RETENTION = ((2 * DAY, None), (14 * DAY, 1800), (62 * DAY, 7200), (731 * DAY, DAY))
+BUDGET_STEP = 60  # at a shorter step, files are no larger than at this one (rra_layout)
+DAY_GRAPH_ROW = 108  # seconds per pixel of a day graph 800 px wide
+HEADER_ROWS = 32  # rows a CF's archive spends on the header of one more archive level
 MAINTENANCE_INTERVAL = 3600  # seconds between looks for departed contexts
 STALE_TEMP_SECONDS = 3600  # a librrd temporary file this old belongs to no create
 _LIBRRD_TEMP = re.compile(r"\.rrd[A-Za-z0-9]{6}$")
@@ -84,14 +89,35 @@ _scandir = layout.scandir
 # ------------------------------------------------------------------------ definitions
 
 
-def rra_layout(step: int) -> tuple[tuple[int, int], ...]:
-    """(steps per row, rows) of each archive level, from RETENTION and the step."""
-    layout = []
-    for span, longest in RETENTION:
+def _levels(step: int, retention) -> list[tuple[int, int]]:
+    """(steps per row, rows) covering each (span, longest row) of `retention`."""
+    out = []
+    for span, longest in retention:
         per_row = 1 if longest is None else max(1, longest // step)
-        rows = -(-span // (per_row * step))  # ceiling
-        layout.append((per_row, rows))
-    return tuple(layout)
+        out.append((per_row, -(-span // (per_row * step))))  # rows: ceiling
+    return out
+
+
+def rra_layout(step: int) -> tuple[tuple[int, int], ...]:
+    """(steps per row, rows) of each archive level.
+
+    From BUDGET_STEP (60 s) up: RETENTION as it says. Below it, a row budget per span
+    as collectd does, so that no file is larger than at 60 s whatever the step: the
+    2 days are kept at rows of at most DAY_GRAPH_ROW seconds (one row per pixel or
+    better on an 800 px day graph), the longer spans as at 60 s, and the rows left in
+    the 60-s file's budget go to a first archive at the step itself (20 min at 1 s,
+    1.6 h at 5 s, 7.5 h at 30 s).
+    """
+    if step >= BUDGET_STEP:
+        return tuple(_levels(step, RETENTION))
+    budget = sum(rows for _, rows in _levels(BUDGET_STEP, RETENTION)) - HEADER_ROWS
+    rest = _levels(step, RETENTION[1:])
+    left = budget - sum(rows for _, rows in rest)
+    day_per_row = DAY_GRAPH_ROW // step
+    if day_per_row <= 1:  # the step itself is about a pixel: one archive for the days
+        return ((1, left), *rest)
+    day_rows = -(-RETENTION[0][0] // (day_per_row * step))
+    return ((1, left - day_rows), (day_per_row, day_rows), *rest)
 
 
 def definition_args(kind: str, step: int) -> list[str]:

@@ -174,13 +174,60 @@ def chattr(flag: str, path: str) -> None:
 
 
 def test_rra_layout_covers_every_retention_target():
-    for step in (1, 10, 60, 300):
+    # (span, longest row) the spec asks for; the first is "at the step". Below a 60 s
+    # step the file's size is budgeted (issue 11.6): the first span is then kept at
+    # rows of <= 108 s (one row per pixel of an 800 px day graph), see the next test.
+    for step in (60, 300):
         layout = rra_layout(step)
-        # (span, longest row) the spec asks for; the first is "at the step"
         for (per_row, rows), (span, longest) in zip(layout, [(2 * DAY, step), (14 * DAY, 1800), (62 * DAY, 7200), (730 * DAY, DAY)]):
             assert per_row * step <= longest
             assert per_row * step * rows >= span
+    for step in (1, 2, 5, 7, 10, 30, 45, 54, 55, 59):
+        layout = rra_layout(step)
+        assert layout[0][0] == 1  # the first archive is at the step
+        spans = [(2 * DAY, 108), (14 * DAY, 1800), (62 * DAY, 7200), (730 * DAY, DAY)]
+        if layout[1][0] * step > 108:  # one archive at the step serves the day graphs
+            spans[0] = (DAY, step)
+        else:
+            layout = layout[1:]
+        for (per_row, rows), (span, longest) in zip(layout, spans):
+            assert per_row * step <= longest, (step, layout)
+            assert per_row * step * rows >= span, (step, layout)
     assert rra_layout(60) == ((1, 2880), (30, 672), (120, 744), (1440, 731))
+
+
+@pytest.mark.parametrize("kind", sorted(rrd.KINDS))
+def test_no_file_is_larger_at_a_short_step_than_at_60_s(base, kind):
+    """Issue 11.6: at 1 s a file was 8 MB (2 sources) or 33 MB (8 sources), 35 x its
+    size at the default 60 s step; a row budget per span now bounds it. The files
+    are made by rrdtool itself, as the sink makes them."""
+    sizes = {}
+    for step in (1, 5, 60):
+        path = os.path.join(base, f"{kind}-{step}.rrd")
+        rrd.rrdtool.create(path, "--start", str(T0), "--step", str(step),
+                           *rrd.definition_args(kind, step))
+        sizes[step] = os.path.getsize(path)
+    print(f"\n{kind}: " + ", ".join(f"{s} s: {b / 1024:.0f} KiB" for s, b in sizes.items()))
+    assert sizes[1] <= sizes[60] and sizes[5] <= sizes[60], sizes
+    assert sizes[1] >= 0.95 * sizes[60]  # the budget is used, not wasted
+
+
+def test_existing_files_of_the_old_layout_keep_working(base):
+    """A 1 s file made with the old layout (2 days at the step) is still written to:
+    the sink checks a file's step and data sources, not its archives."""
+    directory = os.path.join(base, "rrd")
+    path = rrd_path(directory, "mem", "old")
+    os.makedirs(os.path.dirname(path))
+    old = [a for a in rrd.definition_args("mem", 1) if a.startswith("DS:")]
+    old += [f"RRA:{cf}:0.5:1:172800" for cf in rrd.CONSOLIDATIONS]
+    rrd.rrdtool.create(path, "--start", str(T0), "--step", "1", *old)
+    size = os.path.getsize(path)
+    sink = RrdSink(directory, 1)
+    for k in range(1, 4):
+        sink.write(snap(T0 + k, [ctx("old", rss=k)]))
+    assert sink.error_count == 0
+    assert on_disk_last_update(path) == T0 + 3
+    assert os.path.getsize(path) == size  # not rewritten
 
 
 def test_created_files_have_the_specified_data_sources_and_archives(base):
