@@ -30,10 +30,12 @@ writing resumes by itself. Files this sink did not make are never overwritten.
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import os
 import re
+import shutil
 import socket
 import stat
 import threading
@@ -76,6 +78,8 @@ MAINTENANCE_INTERVAL = 3600  # seconds between looks for departed contexts
 STALE_TEMP_SECONDS = 3600  # a librrd temporary file this old belongs to no create
 _LIBRRD_TEMP = re.compile(r"\.rrd[A-Za-z0-9]{6}$")
 DEFAULT_RETENTION_SECONDS = 30 * DAY
+DEFAULT_ARCHIVE_KEEP_SECONDS = 180 * DAY
+_ARCHIVE_STAMP = re.compile(r"-(\d{14})(?:\.\d+)?(?:\.rrd)?$")
 RRDCACHED_PORT = 42217
 
 # The catalog's file kinds (name -> FileKind: ds, ds_type, unit, scale, values).
@@ -531,6 +535,8 @@ class RrdSink:
         retention_seconds: float = DEFAULT_RETENTION_SECONDS,
         clock: Callable[[], float] = time.time,
         timeout: float | None = None,
+        archive_keep_seconds: float = DEFAULT_ARCHIVE_KEEP_SECONDS,
+        max_bytes: int = 0,
     ):
         if int(step) != step or step < 1:
             raise ValueError(f"step must be a whole number of seconds >= 1, not {step!r}")
@@ -542,6 +548,11 @@ class RrdSink:
         self.step = int(step)
         self.daemon = daemon or None
         self.retention_seconds = retention_seconds
+        self.archive_keep_seconds = archive_keep_seconds  # 0: archives are kept for good
+        self.max_bytes = max_bytes  # 0: no budget
+        self.refused_count = 0  # files not created: max_bytes reached
+        self._refused: set[str] = set()
+        self._used_bytes: int | None = None  # under the directory, at the last count
         self.error_count = 0
         self.skipped_count = 0
         self.clock_back_count = 0  # updates skipped: the time is before a file's last update
@@ -851,6 +862,8 @@ class RrdSink:
         return False
 
     def _create(self, path: str, f: _File, ts: int) -> bool:
+        if not self._within_budget(path, f.kind.name):
+            return False
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
         except OSError as e:
@@ -883,6 +896,9 @@ class RrdSink:
             self._fail(path, f, "create failed: " + reason, message or reason)
             return False
         log.debug("RRD created %s", path)
+        if self._used_bytes is not None:
+            self._used_bytes += _size(path)
+        self._refused.discard(path)
         f.last = start
         f.checked = True
         self._ok(path, f)
@@ -910,6 +926,27 @@ class RrdSink:
             return _LOST
         self._daemon_answered()
         return None
+
+    def _within_budget(self, path: str, kind: str) -> bool:
+        """False (counted once per file, logged once) when a new file would take the
+        directory past max_bytes."""
+        if not self.max_bytes:
+            return True
+        if self._used_bytes is None:
+            self._used_bytes = _tree_bytes(self.directory)
+        if self._used_bytes + _estimated_size(kind, self.step) <= self.max_bytes:
+            self._set_global("max_bytes", None)
+            return True
+        if path not in self._refused:
+            self._refused.add(path)
+            self.refused_count += 1
+        self.skipped_count += 1
+        self._set_global(
+            "max_bytes", "full",
+            f"{self.directory} holds {self._used_bytes / 2**20:.0f} MiB of its max_bytes "
+            f"{self.max_bytes / 2**20:.0f} MiB: new files are not created (counted in "
+            f"ctxmon_rrd_files_refused_total); existing ones are still written")
+        return False
 
     def _short_of_space(self, path: str, kind: str) -> bool:
         try:
@@ -948,6 +985,9 @@ class RrdSink:
                 f.invalid_key = None
                 f.checked = False
         self._remove_stale_temp_files()
+        self._prune_archive(now)
+        if self.max_bytes:
+            self._used_bytes = _tree_bytes(self.directory)
         if self.daemon and self._connection() is None:
             return  # rrdcached must forget a file before it moves: try next time
         cutoff = now - self.retention_seconds
@@ -975,6 +1015,42 @@ class RrdSink:
             if last is not None and last < cutoff:
                 target = self._archive_target(os.path.join(HOST_DIR, entry.name[:-4]), last, ".rrd")
                 self._archive(entry.path, [entry.path], target, f"host interface file {entry.name}", last)
+
+    def _prune_archive(self, now: float) -> None:
+        """Remove archived contexts and interfaces whose last update is older than
+        archive_keep_seconds (the time is in their names, see `_archive_target`)."""
+        if not self.archive_keep_seconds:
+            return
+        cutoff = now - self.archive_keep_seconds
+        top = os.path.join(self.directory, ARCHIVE_DIR)
+        gone = []
+        entries = [e for e in _scandir(top) if e.name != HOST_DIR]
+        entries += _scandir(os.path.join(top, HOST_DIR))
+        for e in entries:
+            m = _ARCHIVE_STAMP.search(e.name)
+            if m is None:
+                continue  # not one of ours
+            try:
+                last = calendar.timegm(time.strptime(m.group(1), "%Y%m%d%H%M%S"))
+            except ValueError:
+                continue
+            if last >= cutoff:
+                continue
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    shutil.rmtree(e.path)
+                elif e.is_file(follow_symlinks=False):
+                    os.unlink(e.path)
+                else:
+                    continue
+            except OSError as err:
+                log.warning("RRD: cannot remove old archive %s: %s", e.path, err.strerror or err)
+                continue
+            gone.append(e.name)
+        if gone:
+            log.info("RRD: removed %d archive(s) last updated over %.0f days ago: %s%s",
+                     len(gone), self.archive_keep_seconds / DAY, ", ".join(gone[:5]),
+                     " ..." if len(gone) > 5 else "")
 
     def _remove_stale_temp_files(self) -> None:
         """librrd creates `<file>.rrdXXXXXX` and renames it into place; a kill during
@@ -1077,6 +1153,32 @@ class RrdSink:
             details[CLOCK_BACK] = (f"their last update is {_utc(until)}, {until - ts} s ahead "
                                    f"of the clock: writing resumes when the clock passes it")
         self._faults.report(details)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _tree_bytes(top: str) -> int:
+    """Bytes of the regular files under `top` (not following symlinks)."""
+    total = 0
+    for d, _dirs, files in os.walk(top):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(d, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
+
+
+def expected_bytes(kind: str, step: int) -> int:
+    """Size of one RRD file of `kind` made at `step` (check-config's estimate)."""
+    return _estimated_size(kind, step)
 
 
 def _utc(t: float) -> str:

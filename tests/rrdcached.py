@@ -46,3 +46,16 @@ class Rrdcached:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=20)
         self.proc = None
+
+
+def sigstop(proc: subprocess.Popen, limit: float = 5.0) -> None:
+    """SIGSTOP `proc` and wait until the kernel shows it stopped (state T)."""
+    proc.send_signal(signal.SIGSTOP)
+    deadline = time.monotonic() + limit
+    while True:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pid {proc.pid} did not stop")
+        time.sleep(0.01)

@@ -20,6 +20,7 @@ import pytest
 from collector.snapshot import ContextSample, InterfaceSample, Snapshot
 from exporters import rrd
 from exporters.names import encode_name
+from rrdcached import sigstop
 from exporters.rrd import (
     RrdSink,
     check_step,
@@ -771,7 +772,7 @@ def test_rrdcached_stopped_never_hangs_a_write_and_resumes(base, rrdcached, capl
     sink = RrdSink(directory, STEP, daemon=rrdcached.addr, timeout=1.0)
     sink.write(snap(T0, [ctx("a")]))
     assert sink.error_count == 0
-    rrdcached.proc.send_signal(signal.SIGSTOP)
+    sigstop(rrdcached.proc)
     try:
         caplog.clear()
         for k, names in enumerate((["a", "new"], ["a", "new", "newer"]), 1):
@@ -807,7 +808,7 @@ def test_fetch_and_last_through_a_stopped_rrdcached_fail_within_the_deadline(bas
     assert got.rows[(T0 + 2 * STEP - got.start) // got.step - 1] == (3000.0, 4000.0)
     monkeypatch.setattr(rrd, "READ_TIMEOUT", 1.0)
     rrd._readers.pop(rrdcached.addr).close()  # a new connection takes the new deadline
-    rrdcached.proc.send_signal(signal.SIGSTOP)
+    sigstop(rrdcached.proc)
     try:
         t = time.monotonic()
         with pytest.raises(rrd.rrdtool.OperationalError, match="did not answer"):
@@ -850,3 +851,54 @@ def test_a_deleted_file_recreated_is_logged_at_info(base, caplog):
     [line] = [r for r in caplog.records if "created anew" in r.getMessage()]
     assert line.levelno == logging.INFO and mem in line.getMessage()
     assert on_disk_last_update(mem) == T0 + 120
+
+
+# -------------------------------------------------- disk that cannot run out
+
+
+def test_archives_older_than_archive_keep_are_pruned(base, caplog):
+    directory = os.path.join(base, "rrd")
+    now = T0 + 10 * DAY
+    archive = os.path.join(directory, "archive")
+
+    def stamp(t: float) -> str:
+        return time.strftime("%Y%m%d%H%M%S", time.gmtime(t))
+
+    old_ctx = os.path.join(archive, f"olddb-{stamp(now - 200 * DAY)}")
+    old_ctx2 = os.path.join(archive, f"olddb-{stamp(now - 190 * DAY)}.2")
+    young_ctx = os.path.join(archive, f"web-{stamp(now - 170 * DAY)}")
+    old_if = os.path.join(archive, "host", f"if-eth9-{stamp(now - 400 * DAY)}.rrd")
+    foreign = os.path.join(archive, "notes")
+    for d in (old_ctx, old_ctx2, young_ctx, foreign):
+        os.makedirs(d)
+        open(os.path.join(d, "mem.rrd"), "w").close()
+    os.makedirs(os.path.dirname(old_if))
+    open(old_if, "w").close()
+    sink = RrdSink(directory, STEP, clock=FakeClock(now), archive_keep_seconds=180 * DAY)
+    sink.write(snap(now, [ctx("web")]))
+    assert not os.path.exists(old_ctx) and not os.path.exists(old_ctx2) and not os.path.exists(old_if)
+    assert os.path.isdir(young_ctx) and os.path.isdir(foreign)
+    [line] = [r.getMessage() for r in caplog.records if "removed 3 archive(s)" in r.getMessage()]
+    assert "180 days" in line
+    kept = RrdSink(os.path.join(base, "keep"), STEP, clock=FakeClock(now), archive_keep_seconds=0)
+    os.makedirs(os.path.join(base, "keep", "archive", f"x-{stamp(now - 900 * DAY)}"))
+    kept.write(snap(now, [ctx("web")]))
+    assert os.listdir(os.path.join(base, "keep", "archive")) == [f"x-{stamp(now - 900 * DAY)}"]
+
+
+def test_max_bytes_gives_new_contexts_no_files_logged_once_and_counted(base, caplog):
+    directory = os.path.join(base, "rrd")
+    one_context = 3 * rrd.expected_bytes("mem", STEP)
+    sink = RrdSink(directory, STEP, max_bytes=int(one_context * 1.2))
+    sink.write(snap(T0, [ctx("a")]))
+    assert sink.refused_count == 0
+    for k in range(1, 4):
+        sink.write(snap(T0 + k * STEP, [ctx("a"), ctx("b"), ctx("c")]))
+    assert sink.refused_count == 6  # b's and c's three files, each counted once
+    assert not os.path.exists(os.path.join(directory, "ctx", "b"))
+    assert on_disk_last_update(rrd_path(directory, "mem", "a")) == T0 + 3 * STEP  # a goes on
+    assert len(warnings_about(caplog, "max_bytes")) == 1
+    assert sink.error_count == 0  # refused on purpose, not lost to a fault
+    roomy = RrdSink(directory, STEP, max_bytes=10 * one_context)
+    roomy.write(snap(T0 + 5 * STEP, [ctx("a"), ctx("b")]))
+    assert os.path.exists(rrd_path(directory, "mem", "b")) and roomy.refused_count == 0
