@@ -98,8 +98,11 @@ def cmd_stat(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    load_config(args.config)
+    cfg = load_config(args.config)
     print(f"{args.config}: OK")
+    from .daemon import storage_estimate
+
+    print(storage_estimate(cfg))
     return 0
 
 

@@ -146,7 +146,39 @@ def build_rrd_sink(cfg: Config, clock: Callable[[], float] = time.time):
 
     r = cfg.rrd
     return RrdSink(r.dir, step=int(r.step), daemon=r.daemon or None,
-                   retention_seconds=r.retention, clock=clock)
+                   retention_seconds=r.retention, clock=clock,
+                   archive_keep_seconds=r.archive_keep, max_bytes=r.max_bytes)
+
+
+def storage_estimate(cfg: Config) -> str:
+    """check-config's line on disk use: bytes per context and per interface at the
+    configured step, times what the source sees on this host now."""
+    from exporters.rrd import CONTEXT_KINDS, expected_bytes
+
+    step = int(cfg.rrd.step)
+    per_context = sum(expected_bytes(k, step) for k in CONTEXT_KINDS)
+    per_if = expected_bytes("host-if", step)
+    line = (f"RRD files at a {step} s step: up to {per_context / 1024:.0f} KiB per context, "
+            f"{per_if / 1024:.0f} KiB per interface")
+    try:
+        from collector.procfs import ProcessScanner
+
+        source = build_context_source(cfg)
+        sampler = Sampler(source, cfg.collector.proc_root,
+                          scanner=ProcessScanner(cfg.collector.proc_root, max_open=0))
+        try:
+            snap = sampler.sample()
+        finally:
+            sampler.close()
+    except Exception as e:  # a source this host lacks: the rates alone
+        return f"{line} (no estimate for this host: {e})"
+    ifaces = sum(len(c.interfaces) for c in snap.contexts) + len(snap.host_interfaces)
+    total = len(snap.contexts) * per_context + ifaces * per_if
+    budget = (f"max_bytes {cfg.rrd.max_bytes / 2**20:.0f} MiB" if cfg.rrd.max_bytes
+              else "no max_bytes")
+    return (f"{line}; this host now: {len(snap.contexts)} contexts, {ifaces} interfaces "
+            f"-> about {total / 2**20:.1f} MiB, plus archives for {cfg.rrd.archive_keep / 86400:g} "
+            f"days ({budget})")
 
 
 class AlertSink:
@@ -317,6 +349,7 @@ class Daemon:
             snapshot_age_seconds=(None if latest is None
                                   else max(0.0, self.clock() - latest.timestamp)),
             rrd_clock_back_total=self.rrd.clock_back_count,
+            rrd_files_refused_total=self.rrd.refused_count,
         )
 
     def check_poll(self) -> None:

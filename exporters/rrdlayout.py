@@ -213,7 +213,7 @@ def readme_block() -> str:
     for k in FILE_KINDS:
         path = _README_PATHS[k.scope].format(kind=k.name, prefix=_INTERFACE_PREFIX.get(k.name, ""))
         lines.append(f"{path:<28} {k.readme}".rstrip())
-    lines.append(f"{ARCHIVE_DIR + '/':<28} departed contexts, after [rrd] retention (never deleted)")
+    lines.append(f"{ARCHIVE_DIR + '/':<28} departed contexts, after [rrd] retention (deleted after [rrd] archive_keep)")
     return "\n".join([README_BEGIN, "```", *lines, "```", README_END])
 
 

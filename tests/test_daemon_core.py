@@ -216,3 +216,27 @@ def test_sighup_to_a_busy_port_keeps_serving_the_old_one_and_retries(tmp_path, d
         scrape(old_port, timeout=2)
     assert d.stop() == 0
     assert "Traceback" not in d.text()
+
+
+# ------------------------------------------------------------------ check-config
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ctxmon.cli", *args], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+
+
+def test_check_config_prints_the_expected_size_and_checks_the_disk_keys(tmp_path):
+    cfg, _ = fixture_config(tmp_path / "ctxmon.toml", tmp_path / "rrd",
+                            rrd='step = "1s"\nmax_bytes = "2G"\narchive_keep = "90d"')
+    r = run_cli("check-config", "-c", cfg)
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.splitlines()[1]
+    # vs20: four contexts (host and three guests), each with no interface of its own
+    assert "this host now: 4 contexts" in line and "max_bytes 2048 MiB" in line, line
+    assert "archives for 90 days" in line
+    for key, bad in (("max_bytes", '"2X"'), ("max_bytes", "-1"), ("archive_keep", '"1h"')):
+        bad_cfg, _ = fixture_config(tmp_path / "bad.toml", tmp_path / "rrd", rrd=f"{key} = {bad}")
+        r = run_cli("check-config", "-c", bad_cfg)
+        assert r.returncode == 2 and f"[rrd] {key}" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1

@@ -69,6 +69,34 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _DURATION_FULL = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+")
 
 
+def _archive_keep(value: Any) -> float:
+    """[rrd] archive_keep: 0 (keep archives for good) or a duration of 1d .. 100 years."""
+    seconds = parse_duration(value)
+    if seconds != 0 and not 86400 <= seconds <= 36500 * 86400:
+        raise ValueError(f"must be 0 (keep for good) or 1d..36500d, got {_show(value)}")
+    return seconds
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?", re.I)
+
+
+def _byte_size(value: Any) -> int:
+    """[rrd] max_bytes: a count of bytes, or "500M", "20GiB", "1.5T" (1024-based);
+    0 for no budget."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a size such as \"20G\" or a number of bytes, got {_show(value)}")
+    if isinstance(value, int):
+        size = value
+    else:
+        m = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+        if m is None:
+            raise ValueError(f"must be a size such as \"20G\" or a number of bytes, got {_show(value)}")
+        size = int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
+    if not 0 <= size <= 1 << 60:
+        raise ValueError(f"must be 0 (no budget) or a size up to 1 EiB, got {_show(value)}")
+    return size
+
+
 def parse_duration(value: Any) -> float:
     """"30s", "5m", "1h30m", "2d", "250ms", "90" or the integer 90 → seconds.
 
@@ -331,6 +359,8 @@ class _Loader:
             step=step,
             daemon=self.get(raw, loc, "daemon", _rrdcached_address, d.daemon),
             retention=self.get(raw, loc, "retention", self.duration("retention"), d.retention),
+            archive_keep=self.get(raw, loc, "archive_keep", _archive_keep, d.archive_keep),
+            max_bytes=self.get(raw, loc, "max_bytes", _byte_size, d.max_bytes),
         )
         if check_rrd_files and os.path.isdir(directory):
             from exporters.rrd import check_step  # librrd only when there are files

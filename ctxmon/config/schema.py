@@ -96,6 +96,8 @@ class RrdConfig:
     step: float = DEFAULT_INTERVAL  # seconds; defaults to the collector interval
     daemon: str = ""  # rrdcached address, "" for direct writes
     retention: float = 30 * 86400.0  # seconds a departed context stays before archive/
+    archive_keep: float = 180 * 86400.0  # seconds an archived context is kept; 0: for good
+    max_bytes: int = 0  # no new RRD files past this many bytes in dir; 0: no budget
 
 
 @dataclass(frozen=True, slots=True)
