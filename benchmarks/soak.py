@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Soak: many polls of the daemon's real chain under context churn and scrape load.
 
-Drives in this process what `ctxmon run` does every poll: `Sampler` on the live /proc
-and the cgroup v2 hierarchy -> `RrdSink` (direct, or through a private rrdcached with
---rrdcached) -> the latest snapshot -> `SnapshotCollector` rendered by `MetricsServer`
-on loopback, as fast as it goes. The clock given to the sampler and the sink is fake
-and moves one RRD step (60 s) per poll, so 10,000 polls cover 10,000 steps (about a
-week of RRD time, hourly maintenance and archiving included) in minutes.
+Drives in this process the real `Daemon.poll` of `ctxmon run` (its scheduler aside):
+`Sampler` on the live /proc and the cgroup v2 hierarchy -> the daemon's sinks (the
+`RrdSink`, direct or through a private rrdcached with --rrdcached) -> the latest
+snapshot -> /metrics rendered by its `MetricsServer` on loopback, as fast as it goes.
+The daemon's injected clock is fake and moves one RRD step (60 s) per poll, so 10,000
+polls cover 10,000 steps (about a week of RRD time, hourly maintenance and archiving
+included) in minutes.
 
 Between polls contexts come and go: a new cgroup with a process in it every
 --churn-every polls, the oldest removed once more than --live are up; a shell loop
@@ -50,13 +51,17 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))  # cgroups.py, rrdcached.py
 
 
-from collector import build_source  # noqa: E402
-from collector.sampler import Sampler  # noqa: E402
-from exporters.http import MetricsServer  # noqa: E402
-from exporters.names import encode_name  # noqa: E402
-from exporters.prometheus import SelfMetrics, SnapshotCollector, build_registry  # noqa: E402
 from collector.catalog import FILE_KINDS  # noqa: E402
-from exporters.rrd import ARCHIVE_DIR, RrdSink, rrd_path  # noqa: E402
+from ctxmon.config import (  # noqa: E402
+    CollectorConfig,
+    Config,
+    ExporterConfig,
+    GraphsConfig,
+    RrdConfig,
+)
+from ctxmon.daemon import Daemon  # noqa: E402
+from exporters.names import encode_name  # noqa: E402
+from exporters.rrd import ARCHIVE_DIR, rrd_path  # noqa: E402
 from exporters.rrdlayout import context_file_name  # noqa: E402
 from soakchecks import STEP, check_rrd, check_series, fd_census, steady_fds  # noqa: E402,F401
 
@@ -358,18 +363,17 @@ def run_soak(polls: int = 10_000, warmup: int | None = None, scrapers: int = 10,
         t0 = (int(time.time()) - polls * STEP - 86400) // 3600 * 3600
         clock = FakeClock(float(t0))
         rrd_dir = os.path.join(base, "rrd")
-        sampler = Sampler(build_source("cgroup"), clock=clock)
-        sink = RrdSink(rrd_dir, STEP, daemon=daemon_addr, retention_seconds=retention, clock=clock)
-        state = {"latest": None, "polls": 0, "duration": None}
-
-        def self_metrics() -> SelfMetrics:
-            return SelfMetrics(poll_duration_seconds=state["duration"],
-                               last_poll_timestamp_seconds=clock.now,
-                               rrd_write_errors=0, polls_total=state["polls"])
-
-        collector = SnapshotCollector(lambda: state["latest"], self_metrics)
-        registry = build_registry(collector)
-        server = MetricsServer("127.0.0.1:0", registry)
+        # The daemon's own core, polled by hand on the fake clock: the same sampler,
+        # sinks and /metrics `ctxmon run` uses, without its scheduler.
+        cfg = Config(
+            collector=CollectorConfig(source="cgroup", interval=float(STEP)),
+            rrd=RrdConfig(dir=rrd_dir, step=float(STEP), daemon=daemon_addr or "",
+                          retention=float(retention)),
+            exporter=ExporterConfig(listen="127.0.0.1:0"),
+            graphs=GraphsConfig(enabled=False),
+        )
+        daemon = Daemon(cfg, clock=clock)
+        sampler, sink, server = daemon.sampler, daemon.rrd, daemon.server
         server.start()
         scraper_procs = start_scrapers(scrapers, server.port, scrape_pause)
 
@@ -399,21 +403,12 @@ def run_soak(polls: int = 10_000, warmup: int | None = None, scrapers: int = 10,
                     cgroups.remove(gone)
                     departed[slot[gone.name]] = 1
                     res.contexts_churned += 1
-            t = time.monotonic()
-            try:
-                snap = sampler.sample()
-            except Exception as e:  # counted, as the daemon does
+            snap = daemon.poll()  # sample, then every sink
+            if snap is None:  # counted and logged by the daemon
                 res.poll_failures += 1
-                print(f"poll failed: {e!r}", file=sys.stderr)
                 clock.now += STEP
                 continue
-            errors_before = sink.error_count
-            sink.write(snap)
-            res.rrd_write_errors += sink.error_count - errors_before
-            state["latest"] = snap
-            state["polls"] += 1
-            state["duration"] = time.monotonic() - t
-            registry.exposition()  # as the daemon: rendered once, before any scrape
+            res.rrd_write_errors += daemon.stats.last_rrd_errors
             ts = int(snap.timestamp)
             if first_ifaces is None:
                 first_ifaces = {iface.name for iface in snap.host_interfaces}
@@ -475,7 +470,7 @@ def run_soak(polls: int = 10_000, warmup: int | None = None, scrapers: int = 10,
                     res.rrd_unknown.append(problem)
         # Host interfaces there from the first poll to the last (others may come and
         # go on a shared host): over the whole run.
-        for name in sorted(first_ifaces & {i.name for i in state["latest"].host_interfaces}):
+        for name in sorted(first_ifaces & {i.name for i in daemon.latest.host_interfaces}):
             res.rrd_files_checked += 1
             problem = check_rrd(rrd_path(rrd_dir, "host-if", interface=name), t0, end, end,
                                 daemon_addr)
