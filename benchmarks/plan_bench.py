@@ -103,7 +103,7 @@ def main() -> int:
             return 1
         doc = json.loads(r.stdout)
         t0 = time.monotonic()
-        raw = [s for name, d in dirs for s in history.read_rrd_dir(name, d, END - DAYS * 86400, END)]
+        raw = history.read_rrd_dirs(dirs, END - DAYS * 86400, END)
         problem = history.build_problem(
             raw, [Host(n, 16, 64 * GiB) for n, _ in dirs], END, DAYS, 86400)
         reading.append(time.monotonic() - t0)

@@ -139,8 +139,8 @@ def run(args: argparse.Namespace, local_dir: str | None = None) -> int:
     raw = []
     capacities: dict[str, Host] = {}
     start = end - window
+    raw.extend(history.read_rrd_dirs(sources, start, end))
     for name, d in sources:
-        raw.extend(history.read_rrd_dir(name, d, start, end))
         cap = history.read_capacity(d)
         if cap is not None:
             capacities[name] = Host(name, cap["cpus"], cap["memory_bytes"])

@@ -94,6 +94,11 @@ def _fetch_memory(path: str, start: int, end: int) -> tuple[int, int, list[str],
 
 def read_rrd_dir(host: str, directory: str, start: int, end: int) -> list[Series]:
     """Every context's series under `directory` (a ctxmon `[rrd] dir`)."""
+    return read_rrd_dirs([(host, directory)], start, end)
+
+
+def _context_dirs(host: str, directory: str) -> list[tuple[str, str, str]]:
+    """(host, context, folder) of every context under one RRD dir."""
     ctx_root = os.path.join(directory, CTX_DIR)
     if not os.path.isdir(directory):
         raise PlanError(f"history {host}: {directory}: no such directory")
@@ -109,15 +114,26 @@ def read_rrd_dir(host: str, directory: str, start: int, end: int) -> list[Series
         if not entry.is_dir(follow_symlinks=False):
             continue
         try:
-            context = decode_name(entry.name)
+            out.append((host, decode_name(entry.name), entry.path))
         except ValueError:
             continue  # not ours
-        series = _read_context(host, context, entry.path, start, end)
-        if series is not None:
-            out.append(series)
-    if not out:
-        raise PlanError(f"history {host}: {directory}: no context has a {CPU_FILE}")
     return out
+
+
+def _read_one(job: tuple[str, str, str, int, int]) -> Series | None:
+    return _read_context(*job)
+
+
+def read_rrd_dirs(sources: list[tuple[str, str]], start: int, end: int) -> list[Series]:
+    """Every context's series under each (host, RRD dir); each dir is checked first."""
+    jobs = []
+    for host, directory in sources:
+        found = _context_dirs(host, directory)
+        if not any(os.path.isfile(os.path.join(path, CPU_FILE)) for _, _, path in found):
+            raise PlanError(f"history {host}: {directory}: no context has a {CPU_FILE}")
+        jobs += [(h, c, path, start, end) for h, c, path in found]
+    results = [_read_one(j) for j in jobs]
+    return [s for s in results if s is not None]
 
 
 def _read_context(host: str, context: str, path: str, start: int, end: int) -> Series | None:
