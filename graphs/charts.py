@@ -26,6 +26,7 @@ IN_COLOR = "#00CC00"  # MRTG's classic green area for traffic in
 OUT_COLOR = "#0000FF"  # and blue line for traffic out
 TOTAL_COLOR = "#000000"
 OTHER_COLOR = "#A0A0A0"
+UNACCOUNTED_COLOR = "#E0E0E0"  # the host's traffic no context accounts for
 USER_COLOR = "#3366CC"
 SYSTEM_COLOR = "#FF6600"
 RSS_COLOR = "#00AA88"
@@ -58,6 +59,7 @@ class Layer:
     color: str
     values: list[float]
     style: str  # "area" (stacked on the areas before it) or "line"
+    below: bool = False  # an area drawn downwards from the axis (received traffic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +157,8 @@ class ChartBuilder:
         start = end - span
         req = request_step(span, self.plot_width)
         title = f"{spec.title} - by {period}"
+        if spec.kind == "host-traffic":
+            return self._traffic_by_context(spec, title, start, end, req, last_update)
         if spec.kind.startswith("host-"):
             return self._stacked(spec, title, start, end, req, last_update)
         return self._single(spec, title, start, end, req, last_update)
@@ -196,6 +200,57 @@ class ChartBuilder:
         ylabel, base = {"cpu": ("% of one CPU", None), "mem": ("bytes (RSS)", 1024),
                         "tasks": ("processes", 1000)}[kind]
         return Chart(title, ylabel, start, end, g_start, g_step, layers, legend, base, last_update, False)
+
+    # -- host: traffic by context, sent above the axis and received below
+
+    def _traffic_by_context(self, spec: GraphSpec, title: str, start: int, end: int, req: int,
+                            last_update: int | None) -> Chart | None:
+        """Each context's traffic.rrd stacked (top N + other), and the host's interfaces
+        (host-if files in the spec, lo left out) minus those as "unaccounted": the bands
+        add up to what the interfaces carried."""
+        grid: tuple[int, int, int] | None = None
+        per_context: list[tuple[str, list[float], list[float]]] = []  # name, sent, received
+        host_tx: list[list[float]] = []
+        host_rx: list[list[float]] = []
+        for rf in spec.files:
+            s = self._load(rf, "AVERAGE", start, end, req)
+            if s is None:
+                continue
+            tx = [v * 8 for v in s.column("tx_bytes")]
+            rx = [v * 8 for v in s.column("rx_bytes")]
+            if grid is None:
+                grid = (s.start, s.step, s.length)
+            else:
+                tx, rx = align(tx, s.start, s.step, *grid), align(rx, s.start, s.step, *grid)
+            if rf.kind == "host-if":
+                host_tx.append(tx)
+                host_rx.append(rx)
+            else:
+                per_context.append((rf.context or "", tx, rx))
+        if grid is None:
+            return None
+        g_start, g_step, n = grid
+        ranked = sorted(per_context, key=lambda c: (-_rank(add_series(c[1], c[2])), c[0]))
+        shown, rest = ranked[: self.top], ranked[self.top:]
+        if len(rest) == 1:
+            shown, rest = ranked, []
+        bands = [(display_name(name), context_color(name), tx, rx) for name, tx, rx in shown]
+        if rest:
+            bands.append((f"other ({len(rest)})", OTHER_COLOR, sum_known([c[1] for c in rest], n),
+                          sum_known([c[2] for c in rest], n)))
+        if host_tx:
+            def left(host: list[list[float]], counted: list[list[float]]) -> list[float]:
+                total, known = sum_known(host, n), sum_known(counted, n)
+                return [t if math.isnan(t) else max(0.0, t - (0.0 if math.isnan(k) else k))
+                        for t, k in zip(total, known)]
+            bands.append(("unaccounted", UNACCOUNTED_COLOR,
+                          left(host_tx, [c[1] for c in per_context]),
+                          left(host_rx, [c[2] for c in per_context])))
+        layers = [Layer(label, color, tx, "area") for label, color, tx, _ in bands]
+        layers += [Layer(label, color, rx, "area", below=True) for label, color, _, rx in bands]
+        legend = [LegendRow(label, color, "area", None) for label, color, _, _ in bands]
+        return Chart(title, "bits per second", start, end, g_start, g_step,
+                     layers, legend, 1000, last_update, False)
 
     # -- one file: traffic or a context's own series, with Cur/Min/Avg/Max
 

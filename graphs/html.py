@@ -201,7 +201,7 @@ def index_page(host: str, period: str, plan: "Plan", figures: Mapping[str, "Cont
 
     parts = [alert_banner(alerts, link)]
     titles = {"host-cpu": "CPU by context", "host-mem": "Memory (RSS) by context",
-              "host-tasks": "Processes by context"}
+              "host-tasks": "Processes by context", "host-traffic": "Traffic by context"}
     for spec in plan.host_specs:
         if spec.kind in titles:
             parts.append(f"<section>\n<h2>{titles[spec.kind]}</h2>\n")

@@ -14,6 +14,7 @@ BACK = "#F0F0F0"  # around the plot
 CANVAS = "#FFFFFF"
 GRID = "#C8C8C8"
 MGRID = "#E09090"  # major grid: rrdtool's reddish dots
+TOTAL_AXIS = "#000000"  # the zero line between areas drawn up and down
 FONT = "#000000"
 FRAME = "#808080"
 # A level is drawn on the scale of the data when it is at most this many times the
@@ -108,6 +109,8 @@ def data_peak(chart: Chart) -> float:
     peak = 0.0
     baseline: list[float] | None = None
     for layer in chart.layers:
+        if layer.below:
+            continue
         values = layer.values
         if baseline is None:
             baseline = [0.0] * len(values)
@@ -120,6 +123,17 @@ def data_peak(chart: Chart) -> float:
         if known:
             peak = max(peak, max(known))
     return peak
+
+
+def data_depth(chart: Chart) -> float:
+    """How far below the axis the areas drawn downwards reach; 0 without any."""
+    n = len(chart.layers[0].values) if chart.layers else 0
+    depth, baseline = 0.0, [0.0] * n
+    for layer in chart.layers:
+        if layer.below and layer.style == "area":
+            baseline = [b + (0.0 if math.isnan(v) else v) for b, v in zip(baseline, layer.values)]
+            depth = max([depth, *baseline])
+    return depth
 
 
 def axis_scale(chart: Chart) -> tuple[float, list[float], list[ThresholdLine]]:
@@ -178,7 +192,9 @@ class Painter:
     def y_pixel(self, chart: Chart, value: float) -> float:
         """Image row (from the top, fractional) of `value` on the chart's y axis."""
         y_top = axis_scale(chart)[0]
-        return self.TOP + self.plot_height * (1 - value / y_top)
+        depth = data_depth(chart)
+        y_bottom = -y_scale(depth, chart.base)[0] if depth > 0 else 0.0
+        return self.TOP + self.plot_height * (y_top - value) / (y_top - y_bottom)
 
     def _figure(self):
         if self._fig is None:
@@ -222,9 +238,16 @@ class Painter:
             # Stacked areas (an unknown row breaks the area: a gap), then lines on top.
             n = len(chart.layers[0].values) if chart.layers else 0
             baseline = np.zeros(n)
+            under = np.zeros(n)  # the stack drawn downwards (Layer.below)
             for layer in chart.layers:
                 values = np.asarray(layer.values, dtype=float)
-                if layer.style == "area":
+                if layer.style == "area" and layer.below:
+                    x, y1 = _steps(chart.grid_start, chart.step, -(under + values))
+                    _, y0 = _steps(chart.grid_start, chart.step, -under)
+                    drawn.append(ax.fill_between(x, y0, y1, facecolor=layer.color, edgecolor="none",
+                                                 linewidth=0, zorder=2))
+                    under = under + np.nan_to_num(values, nan=0.0)
+                elif layer.style == "area":
                     upper = baseline + values
                     x, y1 = _steps(chart.grid_start, chart.step, upper)
                     _, y0 = _steps(chart.grid_start, chart.step, baseline)
@@ -236,24 +259,35 @@ class Painter:
                     drawn.extend(ax.plot(x, y, color=layer.color, linewidth=1.0, zorder=3,
                                          solid_capstyle="butt"))
             y_top, y_ticks, off_scale = axis_scale(chart)
+            depth = data_depth(chart)
+            y_bottom, down_ticks = y_scale(depth, chart.base) if depth > 0 else (0.0, [0.0])
+            y_bottom = -y_bottom
+            y_ticks = [-v for v in reversed(down_ticks[1:])] + y_ticks
             ax.set_xlim(chart.start, chart.end)
-            ax.set_ylim(0, y_top)
+            ax.set_ylim(y_bottom, y_top)
 
             # Grid: minor time lines, then major ones and the value lines.
             major, labels, minor = time_ticks(chart.start, chart.end, period)
             dots = (0, (1, 2))
             if minor:
-                drawn.append(ax.vlines(minor, 0, y_top, colors=GRID, linestyles=dots, linewidth=0.5, zorder=1))
+                drawn.append(ax.vlines(minor, y_bottom, y_top, colors=GRID, linestyles=dots, linewidth=0.5,
+                                       zorder=1))
             if major:
-                drawn.append(ax.vlines(major, 0, y_top, colors=MGRID, linestyles=dots, linewidth=0.6, zorder=1))
-            drawn.append(ax.hlines(y_ticks[1:], chart.start, chart.end, colors=MGRID, linestyles=dots,
-                                   linewidth=0.6, zorder=1))
+                drawn.append(ax.vlines(major, y_bottom, y_top, colors=MGRID, linestyles=dots, linewidth=0.6,
+                                       zorder=1))
+            drawn.append(ax.hlines([v for v in y_ticks if v != y_bottom], chart.start, chart.end,
+                                   colors=MGRID, linestyles=dots, linewidth=0.6, zorder=1))
+            if y_bottom < 0:  # the axis between sent and received
+                drawn.append(ax.axhline(0, color=TOTAL_AXIS, linewidth=0.8, zorder=3))
             plot_bottom = self.TOP + self.plot_height
             for t, label in zip(major, labels):
                 text(self.x_pixel(chart, t), plot_bottom + 3, label, ha="center", va="top")
             for v in y_ticks:
-                label = f"{v:g}" if chart.base is None else tick_format(v, chart.base)
-                text(self.LEFT - 4, plot_bottom - v / y_top * self.plot_height, label, ha="right", va="center")
+                label = f"{v:g}" if chart.base is None else tick_format(abs(v), chart.base)
+                if v < 0:
+                    label = "-" + label
+                text(self.LEFT - 4, plot_bottom - (v - y_bottom) / (y_top - y_bottom) * self.plot_height,
+                     label, ha="right", va="center")
             self._thresholds(chart, y_top, off_scale, ax, text, drawn)
 
             text(w / 2, 4, chart.title[:110], ha="center", va="top", fontsize=8.5)

@@ -89,6 +89,10 @@ def make_plan(files: Iterable[RrdFile]) -> Plan:
         inputs = tuple(c.files[kind] for c in ordered if kind in c.files)
         if inputs:
             host_specs.append(GraphSpec(kind, "host-" + kind, title, inputs))
+    traffic = tuple(c.files["traffic"] for c in ordered if "traffic" in c.files)
+    if traffic:  # [traffic] accounting: the contexts and the rest of the host's interfaces
+        host_specs.append(GraphSpec("traffic", "host-traffic", "Traffic by context",
+                                    traffic + tuple(rf for name, _, rf in host_ifs if name != "lo")))
     for name, slug, rf in host_ifs:
         host_specs.append(GraphSpec(f"if-{slug}", "traffic", f"{display_name(name)} traffic", (rf,)))
     context_specs: dict[str, list[GraphSpec]] = {}

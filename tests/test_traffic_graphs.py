@@ -13,8 +13,9 @@ from collector.snapshot import TrafficSample
 from ctxmon.config import load_config
 from exporters.rrd import RrdSink
 from exporters.rrdlayout import list_rrd_files
+from graphs.data import mean_known
 from graphs.render import ChartBuilder, GraphRun, Painter, make_plan
-from tests.factories import FakeClock, context, snapshot
+from tests.factories import FakeClock, context, iface, snapshot
 
 pytestmark = pytest.mark.skipif(shutil.which("rrdtool") is None, reason="rrdtool command not installed")
 
@@ -38,7 +39,10 @@ def test_context_page_has_its_traffic_graph(tmp_path):
         web = context("web", key="svc/web", cgroup="svc/web",
                       traffic=TrafficSample("cgroup", rx, rx // 1000, tx, tx // 1000))
         quiet = context("quiet", key="svc/quiet", cgroup="svc/quiet")  # not accounted
-        sink.write(snapshot(web, quiet, t=t))
+        # eth0 carries 20 Mbit/s in and 10 out: 4 in and 6 out are no context's; lo is
+        # not on the wire.
+        host = (iface("eth0", rx * 5 // 4, tx * 5 // 2), iface("lo", rx * 9, tx * 9))
+        sink.write(snapshot(web, quiet, t=t, host_interfaces=host))
     assert sink.error_count == 0
     result = GraphRun(load_config(config), Painter(640, 260), clock=lambda: T_END + 7).run(
         periods=("day",))
@@ -62,3 +66,18 @@ def test_context_page_has_its_traffic_graph(tmp_path):
     assert (rx_row.label, tx_row.label) == ("In", "Out")
     assert rx_row.stats.avg == pytest.approx(16e6, rel=0.01)
     assert tx_row.stats.avg == pytest.approx(4e6, rel=0.01)
+
+    # The host page: "Traffic by context", sent up and received down, the rest of
+    # eth0 as its own band.
+    index = open(os.path.join(root, "graphs", "index.html"), encoding="utf-8").read()
+    assert "<h2>Traffic by context</h2>" in index
+    assert os.path.isfile(os.path.join(root, "graphs", "traffic-day.png"))
+    host_spec = next(s for s in plan.host_specs if s.kind == "host-traffic")
+    chart = ChartBuilder(600).build(host_spec, "day", T_END + 7, T_END)
+    assert chart.title == "Traffic by context - by day"
+    avg = {(layer.label, layer.below): mean_known(layer.values) for layer in chart.layers}
+    assert avg[("web", False)] == pytest.approx(4e6, rel=0.01)
+    assert avg[("web", True)] == pytest.approx(16e6, rel=0.01)
+    assert avg[("unaccounted", False)] == pytest.approx(6e6, rel=0.01)
+    assert avg[("unaccounted", True)] == pytest.approx(4e6, rel=0.01)
+    assert [row.label for row in chart.legend] == ["web", "unaccounted"]
