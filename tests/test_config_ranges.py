@@ -206,7 +206,7 @@ def _fire_times(daemon: Daemon) -> None:
         assert job.trigger.get_next_fire_time(now, now) is not None
 
 
-@settings(max_examples=100, deadline=None,
+@settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_fuzz_whatever_loads_starts_and_reloads(tmp_path, data, caplog):
