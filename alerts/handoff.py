@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 from exporters.files import write_atomic
+from exporters.sink import Complaints
 
 log = logging.getLogger("ctxmon.alerts")
 
@@ -26,7 +27,7 @@ ALERT_KEYS = ("alert", "context", "severity", "state", "metric", "unit", "value"
 LEVEL_KEYS = ("alert", "metric", "severity", "value")
 ALERT_STATE_FILE = ".ctxmon-alerts.json"  # in [graphs] dir; a dot-file: /graphs/ never serves it
 ALERT_STATE_VERSION = 1
-_state_write_failing: dict[str, str] = {}  # path -> the error logged, until a write succeeds
+_state_write_failing = Complaints(log)  # by path: logged when it starts and when it clears
 
 
 def _finite(v: float | None) -> float | None:
@@ -79,14 +80,12 @@ def write_alert_state(engine: "AlertEngine | None", path: str) -> bool:
         write_atomic(path, data)
     except OSError as e:
         why = e.strerror or str(e)
-        if _state_write_failing.get(path) != why:
-            log.warning("cannot write the alert state for the graphs (%s): %s", path, why)
-        _state_write_failing[path] = why
+        _state_write_failing.complain(
+            path, why, text=f"cannot write the alert state for the graphs ({path}): {why}")
         return False
     _state_written(path)
     return True
 
 
 def _state_written(path: str) -> None:
-    if _state_write_failing.pop(path, None) is not None:
-        log.info("alert state for the graphs written again (%s)", path)
+    _state_write_failing.release(path, text=f"alert state for the graphs written again ({path})")

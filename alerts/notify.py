@@ -21,6 +21,7 @@ import urllib.request
 from typing import Any, Mapping
 
 from exporters.names import loggable
+from exporters.sink import Complaints
 
 log = logging.getLogger("ctxmon.alerts")
 
@@ -45,7 +46,7 @@ class _Notifier:
         self.failures = 0
         self.dropped = 0
         self.sent = 0
-        self._failing = False
+        self._complaints = Complaints(log)  # failing: logged once, "working again" once
         self._queue: queue.Queue = queue.Queue(QUEUE_SIZE)
         self._thread = threading.Thread(target=self._run, name=f"alerts-{self.kind}",
                                         daemon=True)
@@ -75,19 +76,18 @@ class _Notifier:
                                  else f"{type(e).__name__}: {e}")
                 else:
                     self.sent += 1
-                    if self._failing:
-                        log.info("alert %s: working again", self.kind)
-                    self._failing = False
+                    self._complaints.release(self.kind, text=f"alert {self.kind}: working again")
             finally:
                 self._queue.task_done()
 
     def _failed(self, why: str) -> None:
         self.failures += 1
-        if self.log_every_failure or not self._failing:
+        if self._complaints.complain(self.kind, "failing", text=f"alert {self.kind} failed: {why}"):
+            return
+        if self.log_every_failure:  # each failure is another alert's notification
             log.warning("alert %s failed: %s", self.kind, why)
         else:
             log.debug("alert %s failed again: %s", self.kind, why)
-        self._failing = True
 
     def handle(self, item: Any) -> None:
         raise NotImplementedError

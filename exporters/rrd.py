@@ -527,6 +527,8 @@ class RrdSink:
     previous update, clock stepped back, a duplicate name in one snapshot).
     """
 
+    name = "rrd"  # as the daemon names it (exporters.sink.Sink)
+
     def __init__(
         self,
         directory: str,

@@ -59,24 +59,31 @@ class Complaints:
         return len(self._state)
 
     def complain(self, key: Hashable, state: str, detail: str = "",
-                 level: int = logging.WARNING) -> bool:
-        """Record that `key` is in fault `state`; True (and logged) if that is news."""
+                 level: int = logging.WARNING, text: str | None = None) -> bool:
+        """Record that `key` is in fault `state`; True (and logged) if that is news.
+        The line is "<prefix><key>: <detail>", or `text` as it is."""
         if self._state.get(key) == state:
             return False
         self._state[key] = state
         if self._gather:
             self._entered[state].append((key, detail))
+        elif text is not None:
+            self._log.log(level, "%s", text)
         else:
             self._log.log(level, "%s%s: %s", self._prefix, key, detail or state)
         return True
 
-    def release(self, key: Hashable, message: str = "recovered", level: int = logging.INFO) -> bool:
-        """`key` works again; True (and logged) if it was in a fault state."""
+    def release(self, key: Hashable, message: str = "recovered", level: int = logging.INFO,
+                text: str | None = None) -> bool:
+        """`key` works again; True (and logged) if it was in a fault state. The line is
+        "<prefix><key>: <message>", or `text` as it is."""
         state = self._state.pop(key, None)
         if state is None:
             return False
         if self._gather:
             self._cleared[state].append(key)
+        elif text is not None:
+            self._log.log(level, "%s", text)
         else:
             self._log.log(level, "%s%s: %s", self._prefix, key, message)
         return True
