@@ -32,6 +32,7 @@ and `TrafficAccounting`.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import itertools
 import logging
@@ -127,6 +128,7 @@ def fd_ref(fd: int) -> str:
     return f"../../../proc/self/fd/{fd}"
 
 
+@functools.lru_cache(maxsize=1 << 16)  # read once a poll for every context
 def counter_names(slot: int) -> tuple[str, str]:
     """(received, sent) counter object names of a slot."""
     return f"rx{slot}", f"tx{slot}"
