@@ -18,10 +18,17 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+import logging
+
 import numpy as np
+
+from collector.catalog import OTHER  # the exporter's fold
+from exporters.names import loggable
 
 from . import PlanError
 from .history import Series
+
+log = logging.getLogger("ctxmon.plan")
 
 TIMEOUT = 60.0
 MAX_BYTES = 1 << 30  # a reply larger than this is not what we asked for
@@ -33,6 +40,7 @@ CGROUP_MEMORY = ('max by (instance, context) (max_over_time('
                  'ctxmon_context_resource_usage{{resource="memory"}}[{within}s]))')
 RSS = 'max by (instance, context) (max_over_time(ctxmon_context_memory_rss_bytes[{within}s]))'
 CAPACITY = 'max by (instance) (max_over_time({family}[{window}s]))'
+FOLDED = 'max by (instance) (max_over_time(ctxmon_contexts_folded[{window}s]))'
 
 
 def _get(url: str, path: str, params: dict) -> object:
@@ -107,9 +115,21 @@ def read_prometheus(url: str, start: int, end: int, step: int
     cpu = _matrix(url, CPU.format(step=step), first, end, step)
     rss = _matrix(url, RSS.format(within=step - 1), first, end, step)
     cgroup = _matrix(url, CGROUP_MEMORY.format(within=step - 1), first, end, step)
+    # Where the exporter caps contexts, `other` is the sum of those it folded: not a
+    # context that can move as one.
+    folded = set()
+    data = _get(url, "query", {"query": FOLDED.format(window=end - start), "time": end})
+    for r in _results(url, data, "vector"):
+        instance = r.get("metric", {}).get("instance")
+        if isinstance(instance, str):
+            folded.add(instance)
     series = []
     grid_start = first - step
     for (instance, context), values in sorted(cpu.items()):
+        if context == OTHER and instance in folded:
+            log.warning("%s: context %s left out: it sums the contexts the exporter's "
+                        "max_contexts cap folds", loggable(instance), OTHER)
+            continue
         mem = cgroup.get((instance, context))
         source = "cgroup"
         if mem is None or np.isnan(mem).all():
