@@ -465,8 +465,14 @@ class NftTable:
             self.cgroup_error = str(e)
         else:
             self.cgroup_ok = True
-        self.layout = TableLayout()  # from here on close() deletes whatever is there
-        self.run(["-f", "-"], fresh)  # the probe goes with the table it was in
+        try:
+            self.run(["-f", "-"], fresh)  # the probe goes with the table it was in
+        except (NftError, OSError):
+            if self.cgroup_ok:  # the probe's table was made: never leave it half-built
+                self.layout = TableLayout()
+                self.close()
+            raise
+        self.layout = TableLayout()  # made (a failed transaction made nothing to delete)
         self.epoch = next(_EPOCHS)
 
     def close(self) -> None:

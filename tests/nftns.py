@@ -324,6 +324,52 @@ def scenario_hybrid() -> dict:
     return out
 
 
+NOCAP_CHILD = r"""
+import json, logging, sys
+sys.path.insert(0, sys.argv[1])
+from collector.procfs import ErrorCounts
+from collector.snapshot import ContextSample, InterfaceSample
+from collector.traffic import TrafficAccounting
+lines = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        lines.append(record.getMessage())
+logging.getLogger().addHandler(Keep())
+logging.getLogger().setLevel(logging.INFO)
+def ctx(key, **kw):
+    return ContextSample(key=key, name=key, ctx_id=key, source="cgroup", processes=1, threads=1,
+                         vsz_bytes=0, rss_bytes=0, cpu_user_seconds=0.0, cpu_system_seconds=0.0,
+                         cpu_accounting="kernel", live_user_seconds=0.0, live_system_seconds=0.0,
+                         start_time=None, uptime_seconds=None, first_process_start=None, **kw)
+own = ctx("own", cgroup="own", interfaces=(InterfaceSample("eth0", 100, 1, 0, 0, 50, 1, 0, 0),))
+shared = ctx("shared", cgroup="shared")
+acc = TrafficAccounting("/sys/fs/cgroup")
+out = {}
+for t in range(3):
+    got = acc.sample([own, shared], float(t), ErrorCounts())
+    out = {k: [v.method, v.rx_bytes] for k, v in got.items()}
+acc.close()
+print(json.dumps({"log": lines, "out": out}))
+"""
+
+
+def scenario_nocap() -> dict:
+    """Without CAP_NET_ADMIN (root, but the capability dropped): one line, no table,
+    the contexts with their own namespace still counted."""
+    os.makedirs("/sys/fs/cgroup/shared", exist_ok=True)
+    try:
+        before = neighbour()
+        p = subprocess.run(["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", "--",
+                            sys.executable, "-c", NOCAP_CHILD, os.path.dirname(HERE)],
+                           capture_output=True, text=True, timeout=30)
+        out = json.loads(p.stdout) if p.returncode == 0 else {"stderr": p.stderr[-2000:]}
+    finally:
+        os.rmdir("/sys/fs/cgroup/shared")
+    out["tables"] = tables()
+    out["neighbour_same"] = neighbour() == before
+    return out
+
+
 def scenario_kill9() -> dict:
     """A collector killed with SIGKILL leaves its table; the next start replaces it."""
     code = ("import sys, time; sys.path.insert(0, %r)\n"

@@ -303,3 +303,20 @@ def test_guest_addresses_come_from_its_config_dir(tmp_path):
     assert asked == [40002]  # cached, re-read after a while
     assert acc._match(ctx("0", source="vserver", xid=0), guest_dir, 0.0) is None
     assert counter_names(7) == ("rx7", "tx7")
+
+
+def test_probe_table_is_deleted_when_the_plain_table_cannot_be_made():
+    # The probe transaction made a table, the next one failed: nothing may stay.
+    calls = []
+
+    def nft(args, stdin=None, pass_fds=()):
+        calls.append(stdin)
+        if len(calls) == 2:
+            raise NftError("Error: Could not process rule: Device or resource busy")
+        return ""
+
+    table = NftTable(run=nft)
+    with pytest.raises(NftError):
+        table.start()
+    assert len(calls) == 3 and "delete table inet ctxmon" in calls[2]
+    assert not table.active

@@ -150,3 +150,13 @@ def test_hybrid_host_cgroup2_at_unified_is_counted():
     assert client["method"] == server["method"] == "cgroup"
     assert near(client["tx_bytes"], r["sent"]) and near(server["rx_bytes"], r["sent"]), r
     assert r["errors"] == {}
+
+
+def test_without_cap_net_admin_it_says_so_once_and_counts_what_it_can():
+    r = run_scenario("nocap")
+    assert "stderr" not in r, r
+    said = [line for line in r["log"] if line.startswith("traffic:")]  # three polls, one close
+    assert len(said) == 1, r["log"]
+    assert "cannot create table inet ctxmon" in said[0] and "CAP_NET_ADMIN" in said[0]
+    assert r["out"] == {"own": ["netns", 100]}  # the shared-network context has no figure
+    assert "table inet ctxmon" not in r["tables"] and r["neighbour_same"]
