@@ -320,3 +320,22 @@ def test_probe_table_is_deleted_when_the_plain_table_cannot_be_made():
         table.start()
     assert len(calls) == 3 and "delete table inet ctxmon" in calls[2]
     assert not table.active
+
+
+def test_accounting_setting_is_off_by_default_and_checked(tmp_path):
+    import subprocess
+    import sys
+
+    from ctxmon.config import load_config
+
+    cfg = tmp_path / "ctxmon.toml"
+    cfg.write_text('[collector]\ninterval = "10s"\n')
+    assert load_config(str(cfg)).traffic.accounting == "off"
+    cfg.write_text('[traffic]\naccounting = "nftables"\n')
+    assert load_config(str(cfg)).traffic.accounting == "nftables"
+    cfg.write_text('[traffic]\naccounting = "iptables"\n')
+    p = subprocess.run([sys.executable, "-m", "ctxmon.cli", "check-config", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "accounting" in lines[0] and "Traceback" not in p.stderr
