@@ -66,6 +66,18 @@ def started():
         d.log.close()
 
 
+VS20 = os.path.join(os.path.dirname(__file__), "fixtures", "vs20")
+
+
+def _config(path, rrd_dir, graphs_dir) -> str:
+    """A 1 s daemon on the recorded VServer tree: its polls cost the same whatever
+    else runs on this host (thousands of cgroups, at times)."""
+    write_config(path, rrd_dir, graphs=f'enabled = true\ninterval = "2s"\ndir = "{graphs_dir}"')
+    path.write_text(path.read_text().replace(
+        'source = "cgroup"', f'source = "vserver"\nproc_root = "{VS20}/proc"'))
+    return str(path)
+
+
 def _hostile_cwd(path, marker, package: bool) -> str:
     """A working directory holding a `graphs` folder: a package whose __main__ writes
     `marker` (and fails), or a plain empty folder."""
@@ -84,8 +96,7 @@ def test_no_code_from_the_working_directory_reaches_the_renderer(tmp_path, start
     marker = tmp_path / "ran-as-uid"
     cwd = _hostile_cwd(tmp_path / "cwd", marker, package)
     graphs_dir = tmp_path / "out"
-    cfg = write_config(tmp_path / "ctxmon.toml", tmp_path / "rrd",
-                       graphs=f'enabled = true\ninterval = "2s"\ndir = "{graphs_dir}"')
+    cfg = _config(tmp_path / "ctxmon.toml", tmp_path / "rrd", graphs_dir)
     d = started(cfg, tmp_path / "daemon.log", cwd)
     d.wait_for_log(DRAWN)
     assert not marker.exists(), f"code from the daemon's cwd ran: {marker.read_text()}"
@@ -98,8 +109,7 @@ def test_no_code_from_the_working_directory_reaches_the_renderer(tmp_path, start
 def test_after_a_refused_reload_renders_use_the_config_in_force(tmp_path, started):
     graphs_dir = tmp_path / "out"
     cfg_path = tmp_path / "ctxmon.toml"
-    write_config(cfg_path, tmp_path / "rrd",
-                 graphs=f'enabled = true\ninterval = "2s"\ndir = "{graphs_dir}"')
+    _config(cfg_path, tmp_path / "rrd", graphs_dir)
     d = started(str(cfg_path), tmp_path / "daemon.log", str(tmp_path))
     d.wait_for_log(POLLED, count=2)
     good = cfg_path.read_text()
