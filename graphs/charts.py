@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 
 import rrdtool
 
+from collector.catalog import ALERT_METRIC, FILE_KIND
 from exporters.rrdlayout import RrdFile
 
 from . import SPANS
@@ -38,6 +39,8 @@ WARNING_COLOR = "#FFB000"
 CRITICAL_COLOR = "#FF0000"
 WARNING_TEXT = "#8A5A00"
 CRITICAL_TEXT = "#C00000"
+PAIR_LABEL = "bps"  # the traffic pair's legend row, as in Munin's if_ graphs
+TRAFFIC_STYLES = ("munin", "mrtg")
 
 
 def context_color(name: str) -> str:
@@ -59,7 +62,7 @@ class Layer:
     color: str
     values: list[float]
     style: str  # "area" (stacked on the areas before it) or "line"
-    below: bool = False  # an area drawn downwards from the axis (received traffic)
+    below: bool = False  # drawn downwards from the axis (received traffic; areas stack downwards)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,29 @@ class Chart:
     last_update: int | None
     stats_table: bool  # Cur/Min/Avg/Max columns, else a colour key
     thresholds: list["ThresholdLine"] = field(default_factory=list)
+    # Munin's traffic graph: the first two legend rows (received, sent) are one row,
+    # `pair_label`, each cell `<received>/<sent>`; received is drawn below the axis.
+    pair_label: str | None = None
+    integer: bool = False  # counts: whole-number figures and ticks
+    notes: list[str] = field(default_factory=list)  # said under the legend (e.g. departed contexts)
+
+    def legend_text(self) -> list[str]:
+        """The legend's figures as lines of text, for the page (caption and alt)."""
+        from .legend import format_pair, format_row
+
+        out = []
+        if self.pair_label and len(self.legend) >= 2 and self.legend[0].stats and self.legend[1].stats:
+            cells = format_pair(self.legend[0].stats, self.legend[1].stats, self.base or 1000)
+            heads = ("Cur", "Min", "Avg", "Max")
+            out.append(f"{self.pair_label} (received/sent): "
+                       + ", ".join(f"{h} {c.strip()}" for h, c in zip(heads, cells)))
+            return out
+        for row in self.legend:
+            if row.stats is None:
+                continue
+            cells = format_row(row.stats, self.base, integer=self.integer)
+            out.append(f"{row.label}: " + ", ".join(f"{h} {c}" for h, c in zip(("Cur", "Min", "Avg", "Max"), cells)))
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,43 +131,99 @@ class ThresholdLine:
         return CRITICAL_TEXT if self.severity == "critical" else WARNING_TEXT
 
 
-# graph kind -> {alert metric: (label, factor from the metric's unit to the graph's)};
-# "host_cpus" stands for the host's CPU count (cpu_host is a share of all of them).
-_THRESHOLD_METRICS: dict[str, dict[str, tuple[str, float | str]]] = {
-    "ctx-cpu": {"cpu": ("CPU", 100.0), "cpu_host": ("CPU", "host_cpus")},
-    "ctx-mem": {"rss": ("RSS", 1.0), "vsz": ("VSZ", 1.0)},
-    "ctx-tasks": {"processes": ("processes", 1.0), "threads": ("threads", 1.0)},
-    # The rules compare the sum over the context's own interfaces: drawn on each.
-    "traffic": {"net_receive_bps": ("In", 1.0), "net_transmit_bps": ("Out", 1.0)},
-    "ctx-traffic": {"traffic_receive_bps": ("In", 1.0), "traffic_transmit_bps": ("Out", 1.0)},
-}
+# Colour roles of the catalog's data sources; a role not here gets a stable colour
+# derived from its name (context_color), so a new kind draws without a change here.
+ROLE_COLORS = {"in": IN_COLOR, "out": OUT_COLOR, "user": USER_COLOR, "system": SYSTEM_COLOR,
+               "rss": RSS_COLOR, "vsz": VSZ_COLOR, "processes": PROC_COLOR, "threads": THREAD_COLOR,
+               "anon": "#00AA88", "file": "#99DDCC", "usage": "#AA0066"}
+
+
+def role_color(role: str) -> str:
+    return ROLE_COLORS.get(role) or context_color("role:" + role)
+
+
+def file_kind_of(spec: GraphSpec) -> str:
+    """The catalog file kind a context's graph draws (traffic: the interface's)."""
+    if spec.kind.startswith(("ctx-", "host-")):
+        return spec.kind.split("-", 1)[1]
+    return spec.files[0].kind if spec.files else "net"  # a context's interface
 
 
 def threshold_lines(spec: GraphSpec, levels: Iterable, host_cpus: int = 1) -> list[ThresholdLine]:
     """The levels (graphs.alertstate.LevelShown: metric, severity, value in the metric's
-    unit) that belong on a context's graph, in the graph's unit; none on host graphs."""
+    unit) that belong on a context's graph, in the graph's unit; none on host graphs.
+
+    Which graph shows a metric's levels, and under which legend label, is the
+    catalog's (`AlertMetric.drawn_on`, `.drawn_as`). The unit: a ratio is drawn in the
+    graph's scale (CPU ratio x 100 = %), a share of the host's CPUs also times their
+    number; the other units (bytes, counts, bits/s) are the graphs' own."""
     if spec.context is None:
         return []
-    metrics = _THRESHOLD_METRICS.get(spec.kind, {})
+    kind = file_kind_of(spec)
+    fk = FILE_KIND.get(kind)
+    if fk is None or fk.graph is None:
+        return []
     out: dict[tuple[str, str, float], ThresholdLine] = {}
     for lv in levels:
-        if lv.metric not in metrics:
+        am = ALERT_METRIC.get(lv.metric)
+        if am is None or am.drawn_on != kind:
             continue
-        label, factor = metrics[lv.metric]
-        value = lv.value * (100.0 * host_cpus if factor == "host_cpus" else float(factor))
+        factor = fk.graph.factor if am.unit == "ratio" else 1.0
+        if am.host_share:
+            factor *= host_cpus
+        value = lv.value * factor
         if math.isfinite(value) and value >= 0:
+            label = am.drawn_as or am.name
             out.setdefault((label, lv.severity, value), ThresholdLine(label, lv.severity, value))
     return sorted(out.values(), key=lambda t: (t.value, t.label, t.severity))
 
+
+def ellipsize(name: str, width: int) -> str:
+    """`name` in at most `width` characters, shortened in the middle with an ellipsis
+    (both ends of a name tell contexts apart: `web-prod-…-eu-west-1`)."""
+    if len(name) <= width:
+        return name
+    if width <= 1:
+        return "…"[:width]
+    head = (width - 1 + 1) // 2
+    tail = width - 1 - head
+    return name[:head] + "…" + (name[-tail:] if tail else "")
+
+
+def distinct_colors(names: Sequence[str]) -> list[str]:
+    """Each name's own colour (context_color), except where it would be hard to tell
+    from the layer stacked right under it: then the next of the name's alternative
+    colours that is not. Deterministic: the same names in the same order give the same
+    colours."""
+    out: list[str] = []
+    for name in names:
+        color = context_color(name)
+        k = 1
+        while out and _too_close(color, out[-1]) and k < 16:
+            color = context_color(f"{name}#{k}")
+            k += 1
+        out.append(color)
+    return out
+
+
+def _too_close(a: str, b: str) -> bool:
+    ra, ga, ba = (int(a[i:i + 2], 16) for i in (1, 3, 5))
+    rb, gb, bb = (int(b[i:i + 2], 16) for i in (1, 3, 5))
+    # "redmean" colour distance: cheap and close enough to what the eye sees.
+    rm = (ra + rb) / 2
+    d = math.sqrt((2 + rm / 256) * (ra - rb) ** 2 + 4 * (ga - gb) ** 2 + (2 + (255 - rm) / 256) * (ba - bb) ** 2)
+    return d < 120
 
 
 class ChartBuilder:
     """Turns a GraphSpec and a period into a Chart by reading the RRD files."""
 
-    def __init__(self, plot_width: int, daemon: str | None = None, top: int = TOP_N):
+    def __init__(self, plot_width: int, daemon: str | None = None, top: int = TOP_N,
+                 traffic_style: str = "munin"):
         self.plot_width = plot_width
         self.daemon = daemon
         self.top = top
+        self.traffic_style = traffic_style
         self.errors = 0  # files that could not be read (logged)
 
     def _load(self, rf: RrdFile, cf: str, start: int, end: int, req: int) -> Series | None:
@@ -168,18 +250,21 @@ class ChartBuilder:
     def _stacked(self, spec: GraphSpec, title: str, start: int, end: int, req: int,
                  last_update: int | None) -> Chart | None:
         kind = spec.kind[len("host-"):]
+        g = FILE_KIND[kind].graph
         grid: tuple[int, int, int] | None = None
         per_context: list[tuple[str, list[float]]] = []
         for rf in spec.files:
             s = self._load(rf, "AVERAGE", start, end, req)
             if s is None:
                 continue
-            if kind == "cpu":
-                values = [v * 100 for v in add_series(s.column("user"), s.column("system"))]
-            elif kind == "mem":
-                values = s.column("rss")
-            else:
-                values = s.column("processes")
+            # Each file's own kind says what it adds (a stand-in kind its own DS).
+            fg = FILE_KIND[rf.kind].graph
+            columns = [s.column(ds) for ds in fg.host_ds]
+            values = columns[0]
+            for c in columns[1:]:
+                values = add_series(values, c)
+            if fg.factor != 1.0:
+                values = [v * fg.factor for v in values]
             if grid is None:
                 grid = (s.start, s.step, s.length)
             else:
@@ -188,18 +273,26 @@ class ChartBuilder:
         if grid is None:
             return None
         g_start, g_step, n = grid
-        ranked = sorted(per_context, key=lambda cv: (-_rank(cv[1]), cv[0]))
+        # Ranked by what each did in this period; a context with no data in it is
+        # neither shown nor counted in `other`.
+        active = [(name, values) for name, values in per_context if not math.isnan(mean_known(values))]
+        ranked = sorted(active, key=lambda cv: (-mean_known(cv[1]), cv[0]))
         shown, rest = ranked[: self.top], ranked[self.top:]
         if len(rest) == 1:  # an `other` of one context is that context
             shown, rest = ranked, []
-        layers = [Layer(display_name(name), context_color(name), values, "area") for name, values in shown]
+        colors = distinct_colors([name for name, _ in shown])
+        layers = [Layer(display_name(name), color, values, "area")
+                  for (name, values), color in zip(shown, colors)]
         if rest:
             layers.append(Layer(f"other ({len(rest)})", OTHER_COLOR, sum_known([v for _, v in rest], n), "area"))
-        layers.append(Layer("total", TOTAL_COLOR, sum_known([v for _, v in per_context], n), "line"))
-        legend = [LegendRow(layer.label, layer.color, layer.style, None) for layer in layers]
-        ylabel, base = {"cpu": ("% of one CPU", None), "mem": ("bytes (RSS)", 1024),
-                        "tasks": ("processes", 1000)}[kind]
-        return Chart(title, ylabel, start, end, g_start, g_step, layers, legend, base, last_update, False)
+        layers.append(Layer("total", TOTAL_COLOR, sum_known([v for _, v in active], n), "line"))
+        # One legend row per stacked context, as Munin's stacked graphs have (from
+        # the AVERAGE archive: host graphs read no other).
+        legend = [LegendRow(layer.label, layer.color, layer.style, legend_stats(layer.values))
+                  for layer in layers]
+        integer = FILE_KIND[kind].unit == "count"
+        return Chart(title, g.host_vertical_label or g.vertical_label, start, end, g_start, g_step, layers,
+                     legend, g.host_base, last_update, True, integer=integer)
 
     # -- host: traffic by context, sent above the axis and received below
 
@@ -207,7 +300,8 @@ class ChartBuilder:
                             last_update: int | None) -> Chart | None:
         """Each context's traffic.rrd stacked (top N + other), and the host's interfaces
         (host-if files in the spec, lo left out) minus those as "unaccounted": the bands
-        add up to what the interfaces carried."""
+        add up to what the interfaces carried. Special on purpose: no other host graph
+        subtracts one kind of file from another."""
         grid: tuple[int, int, int] | None = None
         per_context: list[tuple[str, list[float], list[float]]] = []  # name, sent, received
         host_tx: list[list[float]] = []
@@ -230,11 +324,14 @@ class ChartBuilder:
         if grid is None:
             return None
         g_start, g_step, n = grid
-        ranked = sorted(per_context, key=lambda c: (-_rank(add_series(c[1], c[2])), c[0]))
+        # As the other host graphs: ranked by what they did, empty ones left out.
+        active = [c for c in per_context if not math.isnan(mean_known(add_series(c[1], c[2])))]
+        ranked = sorted(active, key=lambda c: (-mean_known(add_series(c[1], c[2])), c[0]))
         shown, rest = ranked[: self.top], ranked[self.top:]
         if len(rest) == 1:
             shown, rest = ranked, []
-        bands = [(display_name(name), context_color(name), tx, rx) for name, tx, rx in shown]
+        colors = distinct_colors([name for name, _, _ in shown])
+        bands = [(display_name(name), color, tx, rx) for (name, tx, rx), color in zip(shown, colors)]
         if rest:
             bands.append((f"other ({len(rest)})", OTHER_COLOR, sum_known([c[1] for c in rest], n),
                           sum_known([c[2] for c in rest], n)))
@@ -257,6 +354,8 @@ class ChartBuilder:
     def _single(self, spec: GraphSpec, title: str, start: int, end: int, req: int,
                 last_update: int | None) -> Chart | None:
         rf = spec.files[0]
+        fk = FILE_KIND[rf.kind]
+        g = fk.graph
         series = {cf: self._load(rf, cf, start, end, req) for cf in ("AVERAGE", "MIN", "MAX")}
         avg = series["AVERAGE"]
         if avg is None:
@@ -268,27 +367,24 @@ class ChartBuilder:
             values = align(s.column(ds), s.start, s.step, avg.start, avg.step, n)
             return [v * factor for v in values] if factor != 1.0 else values
 
-        if spec.kind in ("traffic", "ctx-traffic"):  # traffic.rrd has net-*.rrd's names
-            rows = (("In", IN_COLOR, "area", "rx_bytes"), ("Out", OUT_COLOR, "line", "tx_bytes"))
-            factor, ylabel, base = 8.0, "bits per second", 1000
-        elif spec.kind == "ctx-cpu":
-            rows = (("user", USER_COLOR, "area", "user"), ("system", SYSTEM_COLOR, "area", "system"))
-            factor, ylabel, base = 100.0, "% of one CPU", None
-        elif spec.kind == "ctx-mem":
-            rows = (("RSS", RSS_COLOR, "area", "rss"), ("VSZ", VSZ_COLOR, "line", "vsz"))
-            factor, ylabel, base = 1.0, "bytes", 1024
-        else:
-            rows = (("processes", PROC_COLOR, "area", "processes"), ("threads", THREAD_COLOR, "line", "threads"))
-            factor, ylabel, base = 1.0, "count", 1000
+        sources = {d.name: d for d in fk.data_sources}
+        shown = [sources[ds] for ds in g.shown]
+        # Munin's traffic graph (the default): the in/out pair as one legend row,
+        # received below the axis; MRTG's (traffic_style "mrtg"): In area, Out line.
+        pair = (self.traffic_style == "munin" and len(shown) == 2
+                and (shown[0].colour, shown[1].colour) == ("in", "out"))
         layers, legend = [], []
-        for label, color, style, ds in rows:
-            values = col("AVERAGE", ds, factor)
-            stats = legend_stats(values, col("MIN", ds, factor), col("MAX", ds, factor))
-            layers.append(Layer(label, color, values, style))
-            legend.append(LegendRow(label, color, style, stats))
-        return Chart(title, ylabel, start, end, avg.start, avg.step, layers, legend, base, last_update, True)
-
-
-def _rank(values: Sequence[float]) -> float:
-    m = mean_known(values)
-    return -1.0 if math.isnan(m) else m
+        for d in shown:
+            values = col("AVERAGE", d.name, g.factor)
+            stats = legend_stats(values, col("MIN", d.name, g.factor), col("MAX", d.name, g.factor))
+            if pair:  # received a green area below the axis, sent a blue line above
+                color, style = (IN_COLOR, "area") if d.colour == "in" else (OUT_COLOR, "line")
+            else:
+                color, style = role_color(d.colour), d.style
+            layers.append(Layer(d.legend, color, values, style, below=pair and d.colour == "in"))
+            legend.append(LegendRow(d.legend, color, style, stats))
+        ylabel = g.vertical_label
+        if pair:
+            ylabel = "bits in (-) / out (+) per second" if g.factor == 8.0 else ylabel
+        return Chart(title, ylabel, start, end, avg.start, avg.step, layers, legend, g.base, last_update, True,
+                     pair_label=PAIR_LABEL if pair else None, integer=fk.unit == "count")

@@ -42,6 +42,9 @@ main{max-width:840px;margin:0 auto;padding:.5em .6em 1em}
 section{margin:1em 0}
 h2{font-size:1.05em;margin:.4em 0;overflow-wrap:anywhere}
 figure{margin:.4em 0}
+figcaption{font:12px/1.35 ui-monospace,"DejaVu Sans Mono",monospace;color:#444;padding:.2em 0;overflow-wrap:anywhere}
+.departed{color:#777}
+.idle{color:#555;font-size:.9em}
 img{display:block;max-width:100%;height:auto;border:1px solid #ccc;background:#f0f0f0}
 .missing{color:#777;font-style:italic}
 .scroll{overflow-x:auto}
@@ -180,18 +183,30 @@ def _nav(period: str, prefix: str = "") -> str:
 
 
 def _figure(src_segments: Sequence[str], rel_path: str, alt: str, exists: Callable[[str], bool],
-            size: tuple[int, int]) -> str:
+            size: tuple[int, int], legend: Sequence[str] = ()) -> str:
+    """A graph, its legend's figures also as text (alt and caption: they can be read,
+    searched and copied)."""
     if not exists(rel_path):
         return f'<p class="missing">{alt}: not drawn yet.</p>\n'
     w, h = size
-    return (f'<figure><img src="{url(*src_segments)}" alt="{alt}" width="{w}" height="{h}">'
-            "</figure>\n")
+    lines = [esc(line) for line in legend]
+    full_alt = alt + ("; " + "; ".join(lines) if lines else "")
+    caption = ("<figcaption>" + "<br>".join(lines) + "</figcaption>") if lines else ""
+    return (f'<figure><img src="{url(*src_segments)}" alt="{full_alt}" width="{w}" height="{h}">'
+            f"{caption}</figure>\n")
+
+
+def _no_legend(_png: str) -> Sequence[str]:
+    return ()
 
 
 def index_page(host: str, period: str, plan: "Plan", figures: Mapping[str, "ContextFigures"],
                refresh: int, exists: Callable[[str], bool], now: int, size: tuple[int, int],
-               alerts: "AlertState | None" = None) -> str:
-    """The overview page of one period, with every context's alerts on top."""
+               alerts: "AlertState | None" = None, legend: Callable[[str], Sequence[str]] = _no_legend,
+               idle: Callable[[str], bool] = lambda _png: False) -> str:
+    """The overview page of one period, with every context's alerts on top.
+    `legend(png)`: a graph's legend figures as text; `idle(png)`: an interface that
+    carried no traffic in the period (listed in one line, not drawn)."""
     host_e = esc(host)
     pages = set(plan.context_specs)
 
@@ -200,18 +215,24 @@ def index_page(host: str, period: str, plan: "Plan", figures: Mapping[str, "Cont
         return url("ctx", slug, page_name(period)) if slug in pages else None
 
     parts = [alert_banner(alerts, link)]
-    titles = {"host-cpu": "CPU by context", "host-mem": "Memory (RSS) by context",
-              "host-tasks": "Processes by context", "host-traffic": "Traffic by context"}
     for spec in plan.host_specs:
-        if spec.kind in titles:
-            parts.append(f"<section>\n<h2>{titles[spec.kind]}</h2>\n")
-            parts.append(_figure([spec.png(period)], spec.png(period), esc(spec.title), exists, size))
+        if spec.kind.startswith("host-"):  # the catalog's host graphs, by their titles
+            parts.append(f"<section>\n<h2>{esc(spec.title)}</h2>\n")
+            parts.append(_figure([spec.png(period)], spec.png(period), esc(spec.title), exists, size,
+                                 legend(spec.png(period))))
             parts.append("</section>\n")
     traffic = [s for s in plan.host_specs if s.kind == "traffic"]
     if traffic:
         parts.append("<section>\n<h2>Network interfaces</h2>\n")
+        quiet = [s for s in traffic if idle(s.png(period))]
         for spec in traffic:
-            parts.append(_figure([spec.png(period)], spec.png(period), esc(spec.title), exists, size))
+            if spec not in quiet:
+                parts.append(_figure([spec.png(period)], spec.png(period), esc(spec.title), exists, size,
+                                     legend(spec.png(period))))
+        if quiet:
+            names = ", ".join(esc(s.title[: -len(" traffic")] if s.title.endswith(" traffic") else s.title)
+                              for s in quiet)
+            parts.append(f'<p class="idle">No traffic this {period}: {names}.</p>\n')
         parts.append("</section>\n")
     parts.append("<section>\n<h2>Contexts</h2>\n")
     if plan.contexts:
@@ -219,6 +240,10 @@ def index_page(host: str, period: str, plan: "Plan", figures: Mapping[str, "Cont
         for c in plan.contexts:
             f = figures.get(c.slug)
             link = url("ctx", c.slug, page_name(period))
+            if f is not None and f.departed:
+                rows.append(f'<tr class="departed"><td><a href="{link}">{esc(c.name)}</a></td>'
+                            f'<td colspan="6">departed, last seen {_when(f.last_seen)}</td></tr>\n')
+                continue
             cells = ["–"] * 6 if f is None else [
                 _percent(f.cpu_percent), _bytes(f.rss), _bytes(f.vsz), _count(f.processes),
                 _count(f.threads), _when(f.last_update)]
@@ -274,13 +299,18 @@ def _alert_context(alerts: "AlertState | None", entry: "ContextEntry") -> str | 
 
 def context_page(host: str, period: str, entry: "ContextEntry", specs: Sequence["GraphSpec"],
                  figures: "ContextFigures | None", refresh: int, exists: Callable[[str], bool], now: int,
-                 size: tuple[int, int], alerts: "AlertState | None" = None) -> str:
+                 size: tuple[int, int], alerts: "AlertState | None" = None,
+                 legend: Callable[[str], Sequence[str]] = _no_legend) -> str:
     """One context's page of one period (lives in ctx/<slug>/), its alerts on top."""
     name_e = esc(entry.name)
     home = "../../" + page_name(period)
     context = _alert_context(alerts, entry)
     parts = [alert_banner(alerts, lambda _c: None, context, home)] if context is not None else []
-    if figures is not None:
+    if figures is not None and figures.departed:
+        parts.append(f'<section>\n<p class="departed">{name_e} has departed: last seen '
+                     f"{_when(figures.last_seen)}. Its graphs stay until its files are archived.</p>\n"
+                     "</section>\n")
+    elif figures is not None:
         parts.append(
             '<section>\n<div class="scroll"><table>\n<thead><tr><th scope="col">Now</th>'
             '<th scope="col">CPU</th><th scope="col">RSS</th><th scope="col">VSZ</th>'
@@ -292,7 +322,7 @@ def context_page(host: str, period: str, entry: "ContextEntry", specs: Sequence[
     for spec in specs:
         png = spec.png(period)
         parts.append(f"<section>\n<h2>{esc(spec.title)}</h2>\n")
-        parts.append(_figure([png.rsplit("/", 1)[-1]], png, esc(spec.title), exists, size))
+        parts.append(_figure([png.rsplit("/", 1)[-1]], png, esc(spec.title), exists, size, legend(png)))
         parts.append("</section>\n")
     if not specs:
         parts.append('<p class="missing">No graphs for this context.</p>\n')

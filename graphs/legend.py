@@ -119,12 +119,43 @@ def tick_format(value: float, base: int = 1000) -> str:
     return f"{text} {symbol}" if symbol else text
 
 
-def format_row(stats: Stats, base: int | None = 1000) -> tuple[str, str, str, str]:
-    """The four legend cells; `base=None` for plain figures (percentages)."""
+def count_format(value: float | None) -> str:
+    """A count: a whole number as one (`3`, not `3.00`), a mean with one decimal."""
+    if value is None or math.isnan(value):
+        return UNKNOWN_TEXT
+    if value == int(value):
+        return f"{int(value)}"
+    return f"{value:.1f}"
+
+
+def format_row(stats: Stats, base: int | None = 1000, integer: bool = False) -> tuple[str, str, str, str]:
+    """The four legend cells; `base=None` for plain figures (percentages); `integer`
+    for counts."""
     values = (stats.cur, stats.min, stats.avg, stats.max)
+    if integer:
+        return tuple(count_format(v) for v in values)  # type: ignore[return-value]
     if base is None:
         return tuple(plain_format(v) for v in values)  # type: ignore[return-value]
     return tuple(si_format(v, base) for v in values)  # type: ignore[return-value]
+
+
+def rrd_format(value: float | None, base: int = 1000) -> str:
+    """rrdtool's `%6.2lf%s` exactly as GPRINT prints it (Munin's legend format): the
+    figure right-aligned in 6, then the prefix, a blank where there is none."""
+    if value is None or math.isnan(value):
+        return f"{'nan':>6} "
+    scaled, symbol = auto_scale(value, base)
+    return f"{scaled:6.2f}{symbol or ' '}"
+
+
+def format_pair(received: Stats, sent: Stats, base: int = 1000) -> tuple[str, str, str, str]:
+    """Munin's traffic legend cells, `<received>/<sent>` each, e.g. `398.66k/378.72k`
+    (rrd_format's trailing blank of a figure without prefix left out before the
+    slash, as Munin's legend shows it)."""
+    pairs = zip((received.cur, received.min, received.avg, received.max),
+                (sent.cur, sent.min, sent.avg, sent.max))
+    return tuple(f"{rrd_format(a, base).rstrip()}/{rrd_format(b, base).rstrip()}"  # type: ignore[return-value]
+                 for a, b in pairs)
 
 
 def display_name(name: str) -> str:

@@ -9,7 +9,8 @@ from typing import Iterable
 
 from exporters import rrdlayout
 from exporters.names import decode_name
-from exporters.rrdlayout import CONTEXT_KINDS, RrdFile
+from collector.catalog import FILE_KIND, FILE_KINDS
+from exporters.rrdlayout import RrdFile
 
 from .legend import display_name
 
@@ -23,7 +24,7 @@ class GraphSpec:
     """One graph (for every period): a PNG per period, `<stem>-<period>.png`."""
 
     stem: str  # path under the graphs folder without the period, e.g. ctx/<enc>/cpu
-    kind: str  # host-cpu host-mem host-tasks traffic ctx-cpu ctx-mem ctx-tasks ctx-traffic
+    kind: str  # host-<file kind>, ctx-<file kind>, or traffic (an interface's file)
     title: str  # without the period
     files: tuple[RrdFile, ...]
     context: str | None = None
@@ -36,7 +37,7 @@ class GraphSpec:
 class ContextEntry:
     name: str  # decoded (may end with … when the name was too long to keep)
     slug: str  # the directory name the RRD layout uses: safe as a file name
-    files: dict[str, RrdFile] = field(default_factory=dict)  # cpu mem tasks
+    files: dict[str, RrdFile] = field(default_factory=dict)  # file kind -> file
     interfaces: list[tuple[str, str, RrdFile]] = field(default_factory=list)  # (name, slug, file)
 
 
@@ -68,50 +69,64 @@ def context_rrd_files(rrd_dir: str, slug: str) -> list[RrdFile]:
 
 
 def make_plan(files: Iterable[RrdFile]) -> Plan:
-    """The graphs for a set of RRD files (from exporters.rrdlayout.list_rrd_files)."""
+    """The graphs for a set of RRD files (from exporters.rrdlayout.list_rrd_files), as
+    the metric catalog declares them: each context-scope kind with a `graph` gives a
+    graph on the context's page (in the catalog's order), each kind with a
+    `host_title` a host graph stacking every context's file of that kind, each
+    interface file a traffic graph."""
     contexts: dict[str, ContextEntry] = {}
     host_ifs: list[tuple[str, str, RrdFile]] = []
     for rf in files:
-        if rf.kind == "host-if":
+        fk = FILE_KIND.get(rf.kind)
+        if fk is None:
+            continue
+        if fk.scope == "host-interface":
             host_ifs.append((rf.interface or "", rf.interface_slug or "", rf))
             continue
         slug = rf.slug or ""
         entry = contexts.setdefault(slug, ContextEntry(rf.context or "", slug))
-        if rf.kind in CONTEXT_KINDS:
+        if fk.scope == "context":
             entry.files[rf.kind] = rf
-        elif rf.kind == "net":
+        else:
             entry.interfaces.append((rf.interface or "", rf.interface_slug or "", rf))
     ordered = sorted(contexts.values(), key=lambda c: (c.name, c.slug))
     host_ifs.sort(key=lambda x: (x[0], x[1]))
+    # A kind whose host graph stands in for another's where a context has it (cgroup
+    # memory for summed RSS, which counts shared pages once per process).
+    stand_ins = {fk.graph.replaces_on_host: fk.name for fk in FILE_KINDS
+                 if fk.scope == "context" and fk.graph is not None and fk.graph.replaces_on_host}
     host_specs = []
-    for kind, title in (("cpu", "CPU by context"), ("mem", "Memory by context"),
-                        ("tasks", "Processes by context")):
-        inputs = tuple(c.files[kind] for c in ordered if kind in c.files)
+    for fk in FILE_KINDS:
+        if fk.scope != "context" or fk.graph is None or not fk.graph.host_title:
+            continue
+        stand_in = stand_ins.get(fk.name)
+        inputs = []
+        for c in ordered:
+            rf = c.files.get(stand_in) if stand_in else None
+            rf = rf or c.files.get(fk.name)
+            if rf is not None:
+                inputs.append(rf)
+        if fk.name == "traffic" and inputs:
+            # [traffic] accounting: with the host's interfaces (lo left out), so that
+            # what no context accounts for shows (charts.ChartBuilder._traffic_by_context).
+            inputs += [rf for name, _, rf in host_ifs if name != "lo"]
         if inputs:
-            host_specs.append(GraphSpec(kind, "host-" + kind, title, inputs))
-    traffic = tuple(c.files["traffic"] for c in ordered if "traffic" in c.files)
-    if traffic:  # [traffic] accounting: the contexts and the rest of the host's interfaces
-        host_specs.append(GraphSpec("traffic", "host-traffic", "Traffic by context",
-                                    traffic + tuple(rf for name, _, rf in host_ifs if name != "lo")))
+            host_specs.append(GraphSpec(fk.name, "host-" + fk.name, fk.graph.host_title, tuple(inputs)))
     for name, slug, rf in host_ifs:
         host_specs.append(GraphSpec(f"if-{slug}", "traffic", f"{display_name(name)} traffic", (rf,)))
     context_specs: dict[str, list[GraphSpec]] = {}
     for c in ordered:
         specs = []
         label = display_name(c.name)
-        for kind, what in (("cpu", "CPU"), ("mem", "memory"), ("tasks", "processes")):
-            if kind in c.files:
-                specs.append(GraphSpec(f"{PAGES_DIR}/{c.slug}/{kind}", "ctx-" + kind, f"{label} {what}",
-                                       (c.files[kind],), c.name))
-        if "traffic" in c.files:  # [traffic] accounting: one figure, however measured
-            specs.append(GraphSpec(f"{PAGES_DIR}/{c.slug}/traffic", "ctx-traffic", f"{label} traffic",
-                                   (c.files["traffic"],), c.name))
+        for fk in FILE_KINDS:
+            if fk.scope == "context" and fk.graph is not None and fk.name in c.files:
+                specs.append(GraphSpec(f"{PAGES_DIR}/{c.slug}/{fk.name}", "ctx-" + fk.name,
+                                       f"{label} {fk.graph.title}", (c.files[fk.name],), c.name))
         for name, slug, rf in sorted(c.interfaces, key=lambda x: (x[0], x[1])):
             specs.append(GraphSpec(f"{PAGES_DIR}/{c.slug}/net-{slug}", "traffic",
                                    f"{label} {display_name(name)} traffic", (rf,), c.name))
         context_specs[c.slug] = specs
     return Plan(ordered, host_ifs, host_specs, context_specs)
-
 
 
 @dataclass
@@ -123,4 +138,6 @@ class ContextFigures:
     vsz: float = NAN
     processes: float = NAN
     threads: float = NAN
-    last_update: int | None = None
+    last_update: int | None = None  # end of the newest row with data
+    last_seen: int | None = None  # the newest update of any of its files
+    departed: bool = False  # no update for a few steps: the context is gone

@@ -8,6 +8,7 @@ so a browser never sees half a PNG.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -26,7 +27,7 @@ from exporters.files import write_atomic
 from exporters.names import decode_name, encode_name
 from exporters.rrd import last as rrd_last
 from exporters.rrd import rra_layout
-from exporters.rrdlayout import RrdFile, list_rrd_files
+from exporters.rrdlayout import CONTEXT_KINDS, RrdFile, list_rrd_files
 
 from . import PERIODS, SPANS, html
 from .alertstate import EMPTY as NO_ALERTS
@@ -46,6 +47,7 @@ MIN_REDRAW = {"day": 0, "week": 1800, "month": 7200, "year": DAY}
 STATE_FILE = ".ctxmon-graphs-state.json"
 LOCK_FILE = ".ctxmon-graphs.lock"
 STATE_VERSION = 1
+DEPARTED_STEPS = 3  # steps without an update after which a context is shown as departed
 NAN = math.nan
 
 
@@ -145,9 +147,10 @@ class RunResult:
     removed: int = 0  # files of departed contexts and interfaces
     unreadable: int = 0  # RRD files that could not be read (logged; graphs drawn without them)
     left: int = 0  # graphs not looked at: the run's time budget was spent (next run goes on)
+    waiting: int = 0  # graphs with no data in their period yet (not drawn; tried next run)
 
     def add(self, other: "RunResult") -> None:
-        for f in ("rendered", "skipped", "failed", "pages", "removed", "unreadable", "left"):
+        for f in ("rendered", "skipped", "failed", "pages", "removed", "unreadable", "left", "waiting"):
             setattr(self, f, getattr(self, f) + getattr(other, f))
 
 
@@ -236,7 +239,7 @@ class GraphRun:
         host_specs = plan.host_specs if context is None else []
         last = self._last_updates(files)
         state = StateStore(self.graphs_dir)
-        builder = ChartBuilder(self.painter.plot_width, self.daemon, self.top)
+        builder = self._builder()
         total = (len(host_specs) + sum(len(plan.context_specs[c.slug]) for c in wanted)) * len(periods)
         done = 0
 
@@ -259,11 +262,15 @@ class GraphRun:
                     progress(done, total)
                 if between is not None:
                     between()
-        if context is None:
-            figures = self.figures(plan.contexts, now)
+        # The first pages wait for the first graph with data: until then /graphs/
+        # keeps the page saying when they will come (graphs.client).
+        if context is None and any(self._exists(spec.png("day")) for spec in plan.host_specs):
+            figures = self.figures(plan.contexts, now, last)
             for period in PERIODS:
                 page = html.index_page(socket.gethostname(), period, plan, figures, self._refresh(),
-                                       self._exists, now, self._size(), self.alerts)
+                                       self._exists, now, self._size(), self.alerts,
+                                       legend=lambda png: self._legend_of(state, png),
+                                       idle=lambda png: bool((state.get(png) or {}).get("idle")))
                 write_atomic(os.path.join(self.graphs_dir, html.page_name(period)), page.encode("utf-8"))
                 result.pages += 1
             result.removed = self._remove_departed(plan)
@@ -284,7 +291,7 @@ class GraphRun:
                 if between is not None:
                     between()
             if drawn:
-                self._write_context_pages(c, specs, PERIODS, now, result)
+                self._write_context_pages(c, specs, PERIODS, now, result, last, state)
         if result.left:
             log.info("time budget of %.0f s spent: %d graphs left for the next run", budget, result.left)
         result.unreadable = builder.errors
@@ -299,11 +306,12 @@ class GraphRun:
         state.save(c.slug)
 
     def _write_context_pages(self, c: ContextEntry, specs: Sequence[GraphSpec], periods: Sequence[str],
-                             now: int, result: RunResult) -> None:
-        figures = self.figures([c], now).get(c.slug)
+                             now: int, result: RunResult, last: dict[str, int], state: "StateStore") -> None:
+        figures = self.figures([c], now, last).get(c.slug)
         for period in periods:
             page = html.context_page(socket.gethostname(), period, c, specs, figures, self._refresh(),
-                                     self._exists, now, self._size(), self.alerts)
+                                     self._exists, now, self._size(), self.alerts,
+                                     legend=lambda png: self._legend_of(state, png))
             write_atomic(os.path.join(self.graphs_dir, PAGES_DIR, c.slug, html.page_name(period)),
                          page.encode("utf-8"))
             result.pages += 1
@@ -328,18 +336,21 @@ class GraphRun:
         entry = plan.contexts[0]
         self._read_alerts()
         result = RunResult()
-        builder = ChartBuilder(self.painter.plot_width, self.daemon, self.top)
+        builder = self._builder()
         specs = plan.context_specs[entry.slug]
         now = int(self.clock())
-        self._draw_context(entry, specs, period, now, self._last_updates(files), StateStore(self.graphs_dir),
-                           builder, False, result)
+        last, state = self._last_updates(files), StateStore(self.graphs_dir)
+        self._draw_context(entry, specs, period, now, last, state, builder, False, result)
         page = os.path.join(self.graphs_dir, PAGES_DIR, entry.slug, html.page_name(period))
         if result.rendered or not os.path.exists(page):
-            self._write_context_pages(entry, specs, (period,), now, result)
+            self._write_context_pages(entry, specs, (period,), now, result, last, state)
         result.unreadable = builder.errors
         return result
 
     # -- pieces
+
+    def _builder(self) -> ChartBuilder:
+        return ChartBuilder(self.painter.plot_width, self.daemon, self.top, self.settings.traffic_style)
 
     def _read_alerts(self) -> None:
         self.alerts = read_alert_state(self.graphs_dir)
@@ -366,6 +377,13 @@ class GraphRun:
              builder: ChartBuilder, force: bool, result: RunResult) -> None:
         png = spec.png(period)
         full = os.path.join(self.graphs_dir, png)
+        if spec.kind.startswith("host-"):
+            # A departed context leaves the host graphs (and their legends) after
+            # departed_after; its own pages stay until its files are archived.
+            gone = now - self.settings.departed_after
+            spec = dataclasses.replace(spec, files=tuple(rf for rf in spec.files if last.get(rf.path, gone) >= gone))
+            if not spec.files:
+                return
         updates = [last[rf.path] for rf in spec.files if rf.path in last]
         if not updates:
             result.failed += 1
@@ -380,17 +398,36 @@ class GraphRun:
         signature = self._signature(spec, period, lines)
         previous = state.get(png)
         if (not force and previous is not None and previous.get("row") == row
-                and previous.get("sig") == signature and os.path.exists(full)):
+                and previous.get("sig") == signature
+                and (previous.get("idle") or os.path.exists(full))):
             result.skipped += 1
             return
         chart = builder.build(spec, period, now, newest)
         if chart is None:
             result.failed += 1
             return
+        known = [v for layer in chart.layers for v in layer.values if math.isfinite(v)]
+        if not known:
+            # No data in the period yet (the first minutes): nothing drawn, tried again
+            # at the next run; an empty graph tells nothing.
+            result.waiting += 1
+            return
+        if spec.kind == "traffic" and spec.context is None and not any(known):
+            # An interface that carried no traffic in the period: listed, not drawn.
+            state.set(png, {"row": row, "sig": signature, "idle": True})
+            if os.path.exists(full):
+                os.unlink(full)
+            return
         chart.thresholds = lines
         write_atomic(full, self.painter.paint(chart, period))
-        state.set(png, {"row": row, "sig": signature})
+        state.set(png, {"row": row, "sig": signature, "legend": chart.legend_text()})
         result.rendered += 1
+
+    @staticmethod
+    def _legend_of(state: "StateStore", png: str) -> list[str]:
+        entry = state.get(png) or {}
+        lines = entry.get("legend")
+        return [x for x in lines if isinstance(x, str)] if isinstance(lines, list) else []
 
     def threshold_lines(self, spec: GraphSpec) -> list[ThresholdLine]:
         """The alert levels drawn on `spec`'s graphs, from the alert state of this run."""
@@ -419,12 +456,22 @@ class GraphRun:
                 log.warning("cannot read %s: %s", rf.path, e)
         return out
 
-    def figures(self, contexts: Sequence[ContextEntry], now: int) -> dict[str, ContextFigures]:
-        """Each context's latest known figures, from the finest archive."""
+    def figures(self, contexts: Sequence[ContextEntry], now: int,
+                last: dict[str, int] | None = None) -> dict[str, ContextFigures]:
+        """Each context's latest known figures, from the finest archive; a context
+        whose files had no update for DEPARTED_STEPS steps is marked departed, with the
+        time it was last seen (its figures are not read)."""
         out: dict[str, ContextFigures] = {}
         start = now - 6 * self.pdp_step
+        last = last if last is not None else self._last_updates([rf for c in contexts for rf in c.files.values()])
         for c in contexts:
             fig = ContextFigures()
+            seen = [last[rf.path] for rf in c.files.values() if rf.path in last]
+            fig.last_seen = max(seen) if seen else None
+            if fig.last_seen is not None and fig.last_seen < now - DEPARTED_STEPS * self.pdp_step:
+                fig.departed = True
+                out[c.slug] = fig
+                continue
             for kind, rf in c.files.items():
                 try:
                     s = load_series(rf.path, "AVERAGE", start, now, self.pdp_step, self.daemon)
@@ -448,7 +495,8 @@ class GraphRun:
         """Delete our PNGs and pages of contexts and interfaces that have no RRD file any
         more (archived); only names this module writes, only inside the graphs folder."""
         removed = 0
-        ours = re.compile(r"(cpu|mem|tasks|net-[A-Za-z0-9_.%~=-]+)-(day|week|month|year)\.png"
+        kinds = "|".join(re.escape(k) for k in CONTEXT_KINDS)
+        ours = re.compile(rf"({kinds}|net-[A-Za-z0-9_.%~=-]+)-(day|week|month|year)\.png"
                           r"|index\.html|week\.html|month\.html|year\.html|" + re.escape(STATE_FILE))
         ctx_root = os.path.join(self.graphs_dir, PAGES_DIR)
         current = set(plan.context_specs)

@@ -32,7 +32,8 @@ class RenderSettings:
     rrd_daemon: str | None = None  # rrdcached address, None for the files themselves
     width: int = DEFAULT_WIDTH
     height: int = DEFAULT_HEIGHT
-    departed_after: float = DEFAULT_DEPARTED_AFTER  # seconds without data: "departed"
+    departed_after: float = DEFAULT_DEPARTED_AFTER  # seconds a gone context stays in host legends
+    traffic_style: str = "munin"  # "munin": in below / out above, one bps row; "mrtg": in area, out line
 
     def __post_init__(self) -> None:
         for name in ("rrd_dir", "graphs_dir"):
@@ -45,6 +46,8 @@ class RenderSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
                 raise SettingsError(f"{name} must be a whole number from {low} to {high}")
+        if self.traffic_style not in ("munin", "mrtg"):
+            raise SettingsError("traffic_style must be munin or mrtg")
         for name in ("interval", "departed_after"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -63,6 +66,7 @@ class RenderSettings:
             width=width,
             height=height,
             departed_after=float(getattr(g, "departed_after", DEFAULT_DEPARTED_AFTER)),
+            traffic_style=str(getattr(g, "traffic_style", "munin")),
         )
 
     def to_json(self) -> str:
