@@ -138,11 +138,11 @@ class Renderer:
             if kill:
                 proc.kill()
             else:
-                proc.stdin.close()  # the worker ends at end of input
+                proc.stdin.close()  # the worker ends at end of input, or between two graphs
         except OSError:
             pass
         try:
-            proc.wait(timeout=5)
+            proc.wait(timeout=2)  # a graph being drawn is not worth a slow SIGTERM
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
