@@ -384,7 +384,5 @@ class ChartBuilder:
             layers.append(Layer(d.legend, color, values, style, below=pair and d.colour == "in"))
             legend.append(LegendRow(d.legend, color, style, stats))
         ylabel = g.vertical_label
-        if pair:
-            ylabel = "bits in (-) / out (+) per second" if g.factor == 8.0 else ylabel
         return Chart(title, ylabel, start, end, avg.start, avg.step, layers, legend, g.base, last_update, True,
                      pair_label=PAIR_LABEL if pair else None, integer=fk.unit == "count")

@@ -49,7 +49,7 @@ def test_munin_traffic_legend_pairs_equal_rrdtool_gprint(env, period, span):
     plan = make_plan(list_rrd_files(env.rrd_dir))
     spec = next(s for s in plan.host_specs if s.stem == "if-eth0")
     chart = ChartBuilder(painter.plot_width).build(spec, period, NOW, None)
-    assert chart.pair_label == "bps" and chart.layers[0].negative and not chart.layers[1].negative
+    assert chart.pair_label == "bps" and chart.layers[0].below and not chart.layers[1].below
     cells = legend.format_pair(chart.legend[0].stats, chart.legend[1].stats)
     rx = gprint(spec.files[0].path, "rx_bytes", NOW - span, NOW, painter.plot_width)
     tx = gprint(spec.files[0].path, "tx_bytes", NOW - span, NOW, painter.plot_width)
@@ -77,7 +77,7 @@ def test_mrtg_style_stays_an_option(env):
     spec = next(s for s in plan.host_specs if s.stem == "if-eth0")
     chart = ChartBuilder(600, traffic_style="mrtg").build(spec, "day", NOW, None)
     assert chart.pair_label is None and [layer.style for layer in chart.layers] == ["area", "line"]
-    assert not any(layer.negative for layer in chart.layers)
+    assert not any(layer.below for layer in chart.layers)
 
 
 def test_stacked_cpu_has_a_legend_row_per_context_with_stats(env):
