@@ -505,9 +505,10 @@ class _Exchange(BaseHTTPRequestHandler):
 class _Workers:
     """Daemon threads taking jobs from a bounded queue (submit() says False when full)."""
 
-    def __init__(self, count: int, name: str, max_queue: int):
+    def __init__(self, count: int, name: str, max_queue: int, nice: int = 0):
         self._q: queue.Queue = queue.Queue()
         self.max_queue = max_queue
+        self.nice = nice
         self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
                          for i in range(count)]
         for t in self._threads:
@@ -524,6 +525,13 @@ class _Workers:
             self._q.put(None)
 
     def _run(self) -> None:
+        if self.nice:
+            try:  # Linux: a thread has its own nice value
+                tid = threading.get_native_id()
+                now = os.getpriority(os.PRIO_PROCESS, tid)
+                os.setpriority(os.PRIO_PROCESS, tid, now + self.nice)
+            except (OSError, AttributeError):
+                pass
         while (job := self._q.get()) is not None:
             fn, args = job
             try:
@@ -1004,8 +1012,9 @@ class MetricsServer:
         # Every queued request holds a connection: the connection limit bounds the queue.
         self.workers = _Workers(self.worker_count, "ctxmon-http-worker",
                                 max_queue=self.max_connections)
-        # One bcrypt thread: all password checks together take at most half a core.
-        self._bcrypt = _Workers(1, "ctxmon-http-bcrypt", max_queue=8)
+        # One bcrypt thread: all password checks together take at most half a core, and
+        # at a lower priority than everything else (a busy host runs scrapes first).
+        self._bcrypt = _Workers(1, "ctxmon-http-bcrypt", max_queue=8, nice=10)
         self._loop = _Loop(self, lsock)
         self._thread = threading.Thread(target=self._loop.run, name="ctxmon-http", daemon=True)
         self._thread.start()

@@ -22,7 +22,7 @@ import pytest
 from daemonproc import free_port
 from test_faults import toml_str, vserver_tree, write_config
 
-from exporters.http import HEAD_LIMIT, BasicAuth, LoginThrottle, MetricsServer
+from exporters.http import HEAD_LIMIT, BasicAuth, LoginThrottle, MetricsServer, client_key
 
 bcrypt = pytest.importorskip("bcrypt")
 
@@ -350,6 +350,15 @@ def test_140_stalled_tls_hellos_leave_the_scraper_95_percent(tmp_path, daemons, 
     assert d.stop() == 0
 
 
+def test_a_client_is_its_ipv4_address_or_its_ipv6_64():
+    assert client_key("127.0.0.2") == "127.0.0.2"
+    assert client_key("::ffff:10.1.2.3") == "10.1.2.3"  # IPv4 on a dual-stack socket
+    assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9") \
+        == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("fe80::1%eth0") == "fe80::/64"
+
+
 def test_connections_are_capped_per_client_address_too():
     srv = MetricsServer("127.0.0.1:0", registry=_registry(), max_per_client=4,
                         max_connections=64)
@@ -429,6 +438,28 @@ def test_32_guessers_are_throttled_and_password_checks_take_at_most_half_a_core(
     assert len(logged) == len(set(logged)) >= 8, failed_lines[:3]
     assert set(logged) <= {attacker_address(i) for i in range(32)}
     assert d.stop() == 0
+
+
+def test_password_checks_run_below_the_priority_of_serving():
+    def nice_values() -> list[int]:
+        out = []
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                out.append(int(f.read().rsplit(")", 1)[1].split()[16]))
+        return out
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    before = nice_values().count(min(19, base + 10))
+    users = {"prom": bcrypt.hashpw(b"x", bcrypt.gensalt(rounds=4)).decode()}
+    srv = MetricsServer("127.0.0.1:0", registry=_registry(), basic_auth=users)
+    srv.start()
+    try:
+        deadline = time.monotonic() + 5
+        while nice_values().count(min(19, base + 10)) != before + 1:  # the bcrypt thread
+            assert time.monotonic() < deadline, nice_values()
+            time.sleep(0.05)
+    finally:
+        srv.stop()
 
 
 def test_login_throttle_backs_off_per_client_and_logs_once_per_interval(caplog):
