@@ -676,8 +676,18 @@ class TrafficAccounting:
                 self.totals.observe(key, table.generation(key), values, now)
         if table.active:
             try:
-                if table.apply(plan):
-                    log.debug("traffic: table now counts %d contexts", len(plan))
+                try:
+                    changed = table.apply(plan)
+                except NftError:
+                    # A cgroup removed since it was looked at makes nft refuse the whole
+                    # transaction (it stats each one): once more without the vanished.
+                    kept = {k: m for k, m in plan.items()
+                            if not isinstance(m, CgroupMatch) or os.path.isdir(m.path)}
+                    if len(kept) == len(plan):
+                        raise
+                    changed = table.apply(kept)
+                if changed:
+                    log.debug("traffic: table now counts %d contexts", len(table.plan))
             except (NftError, OSError) as e:
                 errors["traffic"] += 1
                 self._once("apply", "traffic: changing table %s %s failed (it stays as it "

@@ -339,3 +339,34 @@ def test_accounting_setting_is_off_by_default_and_checked(tmp_path):
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "accounting" in lines[0] and "Traceback" not in p.stderr
+
+
+def test_a_cgroup_gone_before_the_transaction_does_not_stop_the_others(tmp_path):
+    (tmp_path / "cgroup.controllers").write_text("")
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    nft = FakeNft()
+    acc = TrafficAccounting(str(tmp_path), table=NftTable(run=nft))
+    acc.sample([ctx("a", cgroup="a")], 0.0, ErrorCounts())
+    real_match = acc._match
+
+    def match_then_vanish(c, guest_dir, now):
+        m = real_match(c, guest_dir, now)
+        if c.cgroup == "b":
+            (tmp_path / "b").rmdir()  # removed after it was looked at
+        return m
+
+    acc._match = match_then_vanish
+    calls = []
+
+    def refusing(args, stdin=None, pass_fds=()):
+        calls.append(stdin)
+        if stdin and '/b" :' in stdin:  # what nft says for an element it cannot stat
+            raise NftError("Error: cgroupv2 path fails: No such file or directory")
+        return nft(args, stdin, pass_fds)
+
+    acc.table.run = refusing
+    errors = ErrorCounts()
+    acc.sample([ctx("a", cgroup="a"), ctx("b", cgroup="b")], 1.0, errors)
+    assert not errors and len(calls) >= 2
+    assert set(acc.table.plan) == {"a"}
