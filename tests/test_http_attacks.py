@@ -350,6 +350,30 @@ def test_140_stalled_tls_hellos_leave_the_scraper_95_percent(tmp_path, daemons, 
     assert d.stop() == 0
 
 
+def test_servers_started_and_stopped_leave_no_fd_or_thread(certificate):
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    users = {"prom": bcrypt.hashpw(b"x", bcrypt.gensalt(rounds=4)).decode()}
+    cert, key = certificate
+    for kw in ({}, {"basic_auth": users, "tls_cert": cert, "tls_key": key}):
+        srv = MetricsServer("127.0.0.1:0", registry=_registry(), **kw)
+        srv.start()
+        srv.stop()
+    fds0, threads0 = fds(), threading.active_count()
+    for i in range(20):
+        srv = MetricsServer("127.0.0.1:0", registry=_registry(), basic_auth=users,
+                            **({"tls_cert": cert, "tls_key": key} if i % 2 else {}))
+        srv.start()
+        idle = connect_from("127.0.0.2", srv.port)  # one held open across the stop
+        srv.stop()
+        idle.close()
+    deadline = time.monotonic() + 5
+    while (fds(), threading.active_count()) != (fds0, threads0):
+        assert time.monotonic() < deadline, (fds() - fds0, threading.active_count() - threads0)
+        time.sleep(0.05)
+
+
 def test_a_client_is_its_ipv4_address_or_its_ipv6_64():
     assert client_key("127.0.0.2") == "127.0.0.2"
     assert client_key("::ffff:10.1.2.3") == "10.1.2.3"  # IPv4 on a dual-stack socket
