@@ -386,6 +386,8 @@ class LibNft:
         if cmd is None:
             raise ValueError("no command")
         lib, ctx = self._lib, self._ctx
+        if not ctx:
+            raise NftError("libnftables context closed")
         lib.nft_ctx_output_set_flags(ctx, self._flags | (self._OUTPUT_JSON if as_json else 0))
         rc = lib.nft_run_cmd_from_buffer(ctx, cmd.encode())
         out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode("utf-8", "replace")
@@ -635,7 +637,11 @@ class TrafficAccounting:
                            self.table.cgroup_error)
 
     def close(self) -> None:
+        """Delete the table and let libnftables go; this object counts no more."""
         self.table.close()
+        release = getattr(self.table.run, "close", None)
+        if release is not None:
+            release()
 
     def sample(self, contexts: Sequence[ContextSample], now: float, errors,
                guest_dir: Callable[[int], str | None] | None = None,

@@ -370,3 +370,28 @@ def test_a_cgroup_gone_before_the_transaction_does_not_stop_the_others(tmp_path)
     acc.sample([ctx("a", cgroup="a"), ctx("b", cgroup="b")], 1.0, errors)
     assert not errors and len(calls) >= 2
     assert set(acc.table.plan) == {"a"}
+
+
+def test_kernel_without_socket_cgroupv2_counts_guests_and_says_so_once(tmp_path, caplog):
+    (tmp_path / "cgroup.controllers").write_text("")
+    (tmp_path / "svc").mkdir()
+    d = tmp_path / "guest" / "interfaces" / "0"
+    d.mkdir(parents=True)
+    (d / "ip").write_text("192.0.2.10\n")
+    nft = FakeNft()
+
+    def no_cgroupv2(args, stdin=None, pass_fds=()):
+        if stdin and "socket cgroupv2" in stdin:  # what nft 1.0.6 says on Linux < 5.13
+            raise NftError("Error: Could not process rule: No such file or directory")
+        return nft(args, stdin, pass_fds)
+
+    acc = TrafficAccounting(str(tmp_path), table=NftTable(run=no_cgroupv2))
+    contexts = [ctx("svc", cgroup="svc"), ctx("40002", source="vserver", xid=40002)]
+    with caplog.at_level("WARNING"):
+        for t in range(3):
+            out = acc.sample(contexts, float(t), ErrorCounts(), lambda xid: str(tmp_path / "guest"))
+    assert set(out) == {"40002"} and out["40002"].method == "address"
+    said = [r.getMessage() for r in caplog.records if "cgroupv2" in r.getMessage()]
+    assert len(said) == 1 and "cgroup contexts are not counted" in said[0]
+    last = [c for c in nft.calls if c[0] == ("-f", "-")][-1][1]
+    assert "192.0.2.10" in last and "cgroupv2" not in last
