@@ -435,6 +435,21 @@ accounting = "nftables"
         out["metrics"] = [line for line in daemon.metrics().splitlines()
                           if line.startswith("ctxmon_context_traffic_")]
         out["neighbour"].append(neighbour())
+        # A SIGHUP with accounting turned off deletes the table, the daemon runs on.
+        text = open(config).read().replace('accounting = "nftables"', 'accounting = "off"')
+        with open(config, "w") as f:
+            f.write(text)
+        polls = daemon.text().count(POLLED)
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_for_log(POLLED, limit=30, count=polls + 3)
+        out["tables_after_off"] = tables()
+        # ... and back on: a new table, which SIGTERM then deletes.
+        with open(config, "w") as f:
+            f.write(text.replace('accounting = "off"', 'accounting = "nftables"'))
+        polls = daemon.text().count(POLLED)
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_for_log(POLLED, limit=30, count=polls + 3)
+        out["tables_after_on"] = tables()
         out["exit"] = daemon.stop()
         out["log"] = daemon.text()[-100_000:]
     finally:

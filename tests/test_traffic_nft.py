@@ -134,6 +134,8 @@ def test_daemon_exports_the_series_writes_rrd_and_removes_its_table_at_exit(tmp_
     assert near(series[rx], r["sent"], 0.05), (series[rx], r["sent"])
     assert "traffic: accounting in nftables table inet ctxmon" in r["log"]
     assert "Traceback" not in r["log"]
+    assert "table inet ctxmon" not in r["tables_after_off"]  # SIGHUP, accounting off
+    assert r["tables_after_on"].count("table inet ctxmon") == 1  # SIGHUP, on again
     # SIGTERM deleted the table; the neighbour's table never changed.
     assert "table inet ctxmon" not in r["tables_after_exit"]
     assert len(set(r["neighbour"])) == 1
