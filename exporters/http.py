@@ -635,32 +635,11 @@ class _Loop:
     def run(self) -> None:
         try:
             while not self.stopping:
-                for key, mask in self.sel.select(0.1):
-                    if key.data is None:
-                        self.accept()
-                    elif key.data is self.wake_r:
-                        try:
-                            while self.wake_r.recv(4096):
-                                pass
-                        except OSError:
-                            pass
-                    else:
-                        self.guarded(key.data, self.io, key.data)
-                now = time.monotonic()
-                while self.done:
-                    conn, parts, due = self.done.popleft()
-                    if due > now:
-                        heapq.heappush(self.held, (due, id(conn), conn, parts))
-                    else:
-                        self.guarded(conn, self.reply, conn, parts)
-                while self.held and self.held[0][0] <= now:
-                    _, _, conn, parts = heapq.heappop(self.held)
-                    self.guarded(conn, self.reply, conn, parts)
-                if now >= self.next_sweep:
-                    self.sweep(now)
-                    self.next_sweep = now + 0.1
-        except Exception:
-            log.exception("HTTP server loop failed")
+                try:
+                    self.turn()
+                except Exception:  # a bug must not end serving: log it, go on
+                    log.exception("HTTP server loop")
+                    time.sleep(0.1)
         finally:
             for conn in list(self.conns):
                 self.close(conn)
@@ -668,6 +647,33 @@ class _Loop:
             self.lsock.close()
             self.wake_r.close()
             self.wake_w.close()
+
+    def turn(self) -> None:
+        """One turn of the loop: the events, the replies due, the deadlines."""
+        for key, _ in self.sel.select(0.1):
+            if key.data is None:
+                self.accept()
+            elif key.data is self.wake_r:
+                try:
+                    while self.wake_r.recv(4096):
+                        pass
+                except OSError:
+                    pass
+            else:
+                self.guarded(key.data, self.io, key.data)
+        now = time.monotonic()
+        while self.done:
+            conn, parts, due = self.done.popleft()
+            if due > now:
+                heapq.heappush(self.held, (due, id(conn), conn, parts))
+            else:
+                self.guarded(conn, self.reply, conn, parts)
+        while self.held and self.held[0][0] <= now:
+            _, _, conn, parts = heapq.heappop(self.held)
+            self.guarded(conn, self.reply, conn, parts)
+        if now >= self.next_sweep:
+            self.next_sweep = now + 0.1
+            self.sweep(now)
 
     def guarded(self, conn: _Conn, fn: Callable, *args) -> None:
         """fn(*args) for one connection: whatever it raises ends that connection only."""
