@@ -88,6 +88,13 @@ OTHER = "other"  # the context label of contexts folded by the export cap
 # context has no such figure, never 0).
 MEMORY_ANON = "memory_anon_bytes"  # cgroup memory.stat anon (v1 total_rss)
 MEMORY_FILE = "memory_file_bytes"  # cgroup memory.stat file (v1 total_cache)
+PRESSURE_RESOURCES = ("cpu", "memory", "io")  # cgroup v2 <resource>.pressure (PSI)
+
+
+def pressure_key(resource: str, line: str) -> str:
+    """Figures key of a PSI total in seconds: line "some" (some tasks waited) or
+    "full" (all non-idle tasks stalled at once)."""
+    return f"pressure_{resource}_{line}_seconds"
 
 Samples = Iterable[tuple[tuple[str, ...], float]]
 
@@ -275,6 +282,14 @@ def _traffic_value(attr: str) -> Callable[[ContextSample], int | None]:
     return lambda c: None if c.traffic is None else getattr(c.traffic, attr)
 
 
+def _figure(key: str) -> Callable[[ContextSample], float | None]:
+    return lambda c: c.figures.get(key)
+
+
+_PRESSURE_KEYS = tuple(pressure_key(r, line) for r in PRESSURE_RESOURCES
+                       for line in ("some", "full"))
+
+
 def _memory_charged(c: ContextSample) -> int | None:
     """What the kernel charges to the context's cgroup (v2 memory.current, v1
     memory.usage_in_bytes): the source's `memory` limit row. None where there is no
@@ -416,6 +431,21 @@ FAMILIES: tuple[Family, ...] = (
            readme="the cgroup's own memory by type (v2 `memory.stat` anon/file, v1 "
                   "total_rss/total_cache); the whole charge is `ctxmon_context_resource_usage"
                   "{resource=\"memory\"}`. Unlike summed RSS, shared pages count once"),
+    Family("ctxmon_context_pressure_waiting_seconds", "counter",
+           "Time some of the context's tasks waited for a resource (cgroup v2 PSI some "
+           "total).", ("context", "resource"), "seconds", "context",
+           _figures(*((r, pressure_key(r, "some")) for r in PRESSURE_RESOURCES)),
+           readme_labels="context, resource=`cpu`\\|`memory`\\|`io`",
+           readme="time some of the context's tasks waited for the resource (PSI `some` "
+                  "of `<resource>.pressure`); cgroup v2 contexts only: **absent** for "
+                  "VServer and v1-only contexts"),
+    Family("ctxmon_context_pressure_stalled_seconds", "counter",
+           "Time all of the context's non-idle tasks were stalled on a resource at once "
+           "(cgroup v2 PSI full total).", ("context", "resource"), "seconds", "context",
+           _figures(*((r, pressure_key(r, "full")) for r in PRESSURE_RESOURCES)),
+           readme_labels="context, resource=`cpu`\\|`memory`\\|`io`",
+           readme="time all of its non-idle tasks were stalled at once (PSI `full`); "
+                  "absent where the kernel has no such line"),
     # host
     Family("ctxmon_contexts", "gauge", "Contexts in the latest snapshot.", (), "count",
            "host", lambda snap: (((), len(snap.contexts)),), readme="contexts in the snapshot"),
@@ -552,6 +582,19 @@ FILE_KINDS: tuple[FileKind, ...] = (
                     shown=("rx_bytes", "tx_bytes"), host_title="Traffic by context",
                     host_ds=("rx_bytes", "tx_bytes"), host_vertical_label="bits per second",
                     host_base=1000)),
+    # Pressure stall totals (PSI) of cgroup v2 contexts: stored like CPU time, as
+    # integer microseconds, so a rate is the share of time stalled.
+    FileKind("pressure", "context", "DERIVE", tuple(
+        DataSource(f"{short}_{line}", _figure(pressure_key(r, line)), f"{r} {line}",
+                   f"pressure-{r}-{line}", "line")
+        for r, short in zip(PRESSURE_RESOURCES, ("cpu", "mem", "io"))
+        for line in ("some", "full")
+    ), "seconds per second", store_scale=1_000_000,
+        present=lambda c: any(k in c.figures for k in _PRESSURE_KEYS),
+        readme="cpu/mem/io _some, _full DERIVE  stall microseconds (cgroup v2 contexts)",
+        graph=Graph("pressure", "% of time stalled", None, factor=100.0,
+                    shown=("cpu_some", "mem_some", "io_some", "cpu_full", "mem_full",
+                           "io_full"))),
     FileKind("net", "context-interface", "DERIVE", _interface_sources(), "per second",
              graph=_TRAFFIC, readme="rx/tx bytes, packets, errors, drops   DERIVE"),
     FileKind("host-if", "host-interface", "DERIVE", _interface_sources(), "per second",
@@ -634,6 +677,20 @@ ALERT_METRICS: tuple[AlertMetric, ...] = (
                                       {c.traffic.method: float(c.traffic.tx_bytes)}, 8.0),
                 family="ctxmon_context_traffic_transmit_bytes", summed_label="method",
                 drawn_on="traffic", drawn_as="Out"),
+    *(
+        AlertMetric(f"{r}_pressure", "ratio",
+                    f"{{context}}: tasks waiting for {r} {{value}} of the time "
+                    "(threshold {threshold})",
+                    f"share of time some of the context's tasks waited for {r} (PSI "
+                    "some; cgroup v2 contexts only)",
+                    counter=CounterSource(f"psi_{r}", (lambda k: lambda c: (
+                        {"some": c.figures[k]} if k in c.figures else {}))(
+                            pressure_key(r, "some"))),
+                    family="ctxmon_context_pressure_waiting_seconds",
+                    summed_label="resource", matchers=(("resource", r),),
+                    drawn_on="pressure", drawn_as=f"{r} some")
+        for r in PRESSURE_RESOURCES
+    ),
     AlertMetric("absent", "", "{context} is not running",
                 "a context named in `contexts` is not running"),
 )
@@ -678,6 +735,10 @@ CONTEXT_JSON: tuple[tuple[str, Callable[[ContextSample], Any]], ...] = (
     ("cgroup_memory", lambda c: None if _memory_charged(c) is None else {
         "charged_bytes": _memory_charged(c), "anon_bytes": c.figures.get(MEMORY_ANON),
         "file_bytes": c.figures.get(MEMORY_FILE)}),
+    ("pressure", lambda c: {
+        r: {"waiting_seconds": c.figures.get(pressure_key(r, "some")),
+            "stalled_seconds": c.figures.get(pressure_key(r, "full"))}
+        for r in PRESSURE_RESOURCES if pressure_key(r, "some") in c.figures} or None),
 )
 
 
@@ -744,5 +805,6 @@ __all__ = [
     "ALERT_METRIC", "ALERT_METRICS", "AlertMetric", "CONTEXT_JSON", "CONTEXT_KINDS",
     "CounterSource", "DEPARTED_STATE_SECONDS", "DataSource", "FAMILIES", "FAMILY",
     "FILE_KIND", "FILE_KINDS", "Family", "FileKind", "Graph", "INTERFACE_DS", "OTHER",
-    "context_json", "readme_table", "MEMORY_ANON", "MEMORY_FILE",
+    "context_json", "readme_table", "MEMORY_ANON", "MEMORY_FILE", "PRESSURE_RESOURCES",
+    "pressure_key",
 ]

@@ -25,7 +25,7 @@ import string
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from .catalog import MEMORY_ANON, MEMORY_FILE
+from .catalog import MEMORY_ANON, MEMORY_FILE, PRESSURE_RESOURCES, pressure_key
 from .kernfile import HeldFiles, held_files_budget, read_text
 from .procfs import ABSURD, CLK_TCK, ErrorCounts, ParseError, ProcStat
 from .snapshot import LimitRow
@@ -818,7 +818,31 @@ class CgroupSource(Source):
     def _figures(self, path: str, errors: ErrorCounts) -> dict[str, float]:
         figures: dict[str, float] = {}
         figures.update(self._memory_stat(path, errors))
+        if self.v2_dir:
+            figures.update(self._pressure(os.path.join(self.v2_dir, path), errors))
         return figures
+
+    def _pressure(self, d: str, errors: ErrorCounts) -> dict[str, float]:
+        """PSI totals of a v2 cgroup's cpu, memory and io.pressure files. A kernel
+        booted with psi=0 has the files but refuses to read them: no figures, no
+        error (and none for a v1-only or VServer context, which has no such file)."""
+        out: dict[str, float] = {}
+        for resource in PRESSURE_RESOURCES:
+            path = os.path.join(d, f"{resource}.pressure")
+            try:
+                totals = self._files.parsed(path, parse_pressure)
+            except OSError as e:
+                if e.errno not in _GONE and e.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP):
+                    errors[SOURCE_NAME] += 1
+                    log.debug("%s: %s", path, e.strerror or e)
+                continue
+            except ParseError as e:
+                errors[SOURCE_NAME] += 1
+                log.debug("%s: %s", path, e)
+                continue
+            for line, seconds in totals.items():
+                out[pressure_key(resource, line)] = seconds
+        return out
 
     def _memory_stat(self, path: str, errors: ErrorCounts) -> dict[str, float]:
         """anon and file memory from memory.stat, of the controller `_memory` reads.
@@ -836,6 +860,37 @@ class CgroupSource(Source):
             if stat is not None:
                 return _memory_split(stat, "total_rss", "total_cache")
         return {}
+
+
+def parse_pressure(text: str) -> dict[str, float]:
+    """A PSI file (`cpu.pressure` ...) -> {"some": seconds, "full": seconds}.
+
+    Lines are `some avg10=0.00 avg60=0.00 avg300=0.00 total=<microseconds>`, then
+    the same for `full` (cpu.pressure has no full line before Linux 5.13). Only the
+    totals are kept: they are counters; the averages can be derived from them."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields:
+            continue
+        kind = fields[0]
+        if kind not in ("some", "full") or kind in out:
+            raise ParseError(f"pressure: unexpected line {line[:80]!r}")
+        total = None
+        for f in fields[1:]:
+            key, sep, value = f.partition("=")
+            if not sep:
+                raise ParseError(f"pressure: no key=value in {line[:80]!r}")
+            if key == "total":
+                if not (value.isascii() and value.isdigit()) or int(value) >= ABSURD:
+                    raise ParseError(f"pressure: bad total in {line[:80]!r}")
+                total = int(value)
+        if total is None:
+            raise ParseError(f"pressure: no total in {line[:80]!r}")
+        out[kind] = total / 1e6
+    if "some" not in out:
+        raise ParseError("pressure: no 'some' line")
+    return out
 
 
 def _memory_split(stat: Mapping[str, int], anon: str, file: str) -> dict[str, float]:

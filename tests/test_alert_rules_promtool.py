@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from collector import catalog
 from collector.snapshot import ContextSample, InterfaceSample, LimitRow, Snapshot
 from ctxmon.config import load_config, parse_duration
 from alerts.engine import AlertEngine
@@ -186,6 +187,10 @@ def test_parse_series():
         "m_total", {"a": "x", "b": 'q"u{o}te', "c": "é"})
 
 
+WAITING = "ctxmon_context_pressure_waiting_seconds_total"
+STALLED = "ctxmon_context_pressure_stalled_seconds_total"
+
+
 def snapshot_at(series: list[tuple[str, dict, list]], step: int, t: float) -> tuple[Snapshot, int]:
     """The snapshot the exporter would have had to serve for these series at `step`,
     and the host's CPUs (ctxmon_host_cpus)."""
@@ -200,7 +205,8 @@ def snapshot_at(series: list[tuple[str, dict, list]], step: int, t: float) -> tu
             continue
         if "context" not in labels:
             continue
-        c = ctx.setdefault(labels["context"], {"limits": {}, "ifaces": {}, "fields": {}})
+        c = ctx.setdefault(labels["context"], {"limits": {}, "ifaces": {}, "fields": {},
+                                                 "figures": {}})
         f = c["fields"]
         if name == "ctxmon_context_cpu_seconds_total":
             f[f"cpu_{labels['mode']}_seconds"] = v
@@ -216,6 +222,9 @@ def snapshot_at(series: list[tuple[str, dict, list]], step: int, t: float) -> tu
         elif name.startswith("ctxmon_context_network_"):
             way = "rx_bytes" if "receive" in name else "tx_bytes"
             c["ifaces"].setdefault(labels["interface"], {})[way] = int(v)
+        elif name in (WAITING, STALLED):  # PSI totals, kept in the snapshot's figures
+            line = "some" if name == WAITING else "full"
+            c["figures"][catalog.pressure_key(labels["resource"], line)] = v
         elif name != "ctxmon_context_info":
             raise AssertionError(f"harness does not know {name}")
     contexts = []
@@ -230,7 +239,7 @@ def snapshot_at(series: list[tuple[str, dict, list]], step: int, t: float) -> tu
             key=label, name=label, ctx_id=label, source="cgroup", cpu_accounting="kernel",
             live_user_seconds=0.0, live_system_seconds=0.0, start_time=None,
             uptime_seconds=None, first_process_start=None, limits=limits, interfaces=ifaces,
-            **f))
+            figures=c["figures"], **f))
     return Snapshot(timestamp=t, duration_seconds=0.0, source="cgroup", contexts=tuple(contexts),
                     host_interfaces=(), host_uptime_seconds=t), cpus
 

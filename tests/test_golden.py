@@ -59,7 +59,11 @@ def synthetic_snapshot(t: float = T) -> Snapshot:
         context("web", ctx_id="a1", processes=4, threads=9, vsz=8 << 20, rss=3 << 20, user=12.5,
                 system=2.25, limits=limits, start_time=t - 3600, uptime_seconds=3600.0,
                 interfaces=(iface("eth0", 1000, 2000),),
-                figures={catalog.MEMORY_ANON: 200 << 20, catalog.MEMORY_FILE: 90 << 20}),
+                figures={catalog.MEMORY_ANON: 200 << 20, catalog.MEMORY_FILE: 90 << 20,
+                         **{catalog.pressure_key(r, line): v for r, line, v in (
+                             ("cpu", "some", 12.5), ("cpu", "full", 0.25),
+                             ("memory", "some", 0.5), ("memory", "full", 0.125),
+                             ("io", "some", 3.0), ("io", "full", 1.5))}}),
         context("db", ctx_id="b2", processes=2, threads=2, vsz=4 << 20, rss=1 << 20, user=3.0,
                 system=1.0, sockets=sockets, source="vserver", xid=40001, key="40001",
                 cgroup=None),
