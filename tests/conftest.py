@@ -57,11 +57,12 @@ def rrdcached(tmp_path):
 
 @pytest.fixture
 def daemons():
-    """daemons(config, log_path) -> a running `ctxmon run` child, killed at teardown."""
+    """daemons(config, log_path, [command=, cwd=]) -> a running `ctxmon run` child,
+    killed at teardown."""
     started: list[Daemon] = []
 
-    def start(config, log_path) -> Daemon:
-        d = Daemon(config, log_path)
+    def start(config, log_path, **kwargs) -> Daemon:
+        d = Daemon(config, log_path, **kwargs)
         started.append(d)
         return d
 

@@ -46,13 +46,15 @@ listen = "127.0.0.1:{free_port()}"
 class Daemon:
     """`ctxmon run` as a child process, its log in a file."""
 
-    def __init__(self, config: str, log_path):
+    def __init__(self, config: str, log_path, *, command=(sys.executable, "-m", "ctxmon.cli"),
+                 cwd=None):
+        """`command`: how ctxmon is started (the console script, say); `cwd`: where."""
         m = re.search(r'listen = "127.0.0.1:(\d+)"', open(config).read())
         self.port = int(m.group(1)) if m else None
         self.log_path = log_path
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ctxmon.cli", "-v", "run", "-c", config],
+            [*command, "-v", "run", "-c", config], cwd=cwd,
             stdout=self.log, stderr=subprocess.STDOUT,
         )
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import time
 
 import pytest
 from daemonproc import POLLED, write_config
@@ -21,49 +19,11 @@ CTXMON = os.path.join(os.path.dirname(sys.executable), "ctxmon")
 DRAWN = "graphs drawn"  # the renderer's closing log line (graphs.__main__)
 
 
-class CwdDaemon:
-    """`ctxmon -v run -c CONFIG` started in `cwd`, its log in a file."""
-
-    def __init__(self, config: str, log_path, cwd):
-        self.log_path = log_path
-        self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen([CTXMON, "-v", "run", "-c", config], cwd=cwd,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-
-    def text(self) -> str:
-        return open(self.log_path, encoding="utf-8", errors="replace").read()
-
-    def wait_for_log(self, needle: str, count: int = 1, limit: float = 90.0) -> None:
-        deadline = time.monotonic() + limit
-        while self.text().count(needle) < count:
-            assert self.proc.poll() is None, f"daemon exited:\n{self.text()}"
-            assert time.monotonic() < deadline, f"no {needle!r} in:\n{self.text()}"
-            time.sleep(0.2)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=20)
-        finally:
-            self.log.close()
-
-
 @pytest.fixture
-def started():
-    daemons: list[CwdDaemon] = []
-
-    def start(*args) -> CwdDaemon:
-        d = CwdDaemon(*args)
-        daemons.append(d)
-        return d
-
-    yield start
-    for d in daemons:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait()
-        d.log.close()
+def started(daemons):
+    """started(config, log_path, cwd): `ctxmon -v run` through the console script, in
+    `cwd`."""
+    return lambda config, log_path, cwd: daemons(config, log_path, command=(CTXMON,), cwd=cwd)
 
 
 VS20 = os.path.join(os.path.dirname(__file__), "fixtures", "vs20")
@@ -98,11 +58,11 @@ def test_no_code_from_the_working_directory_reaches_the_renderer(tmp_path, start
     graphs_dir = tmp_path / "out"
     cfg = _config(tmp_path / "ctxmon.toml", tmp_path / "rrd", graphs_dir)
     d = started(cfg, tmp_path / "daemon.log", cwd)
-    d.wait_for_log(DRAWN)
+    d.wait_for_log(DRAWN, limit=90)
     assert not marker.exists(), f"code from the daemon's cwd ran: {marker.read_text()}"
     assert (graphs_dir / "index.html").exists()
     assert "graph rendering exited with status" not in d.text()
-    assert d.stop() == 0, d.text()
+    assert d.stop(limit=30) == 0, d.text()
     assert "Traceback" not in d.text()
 
 
@@ -119,11 +79,11 @@ def test_after_a_refused_reload_renders_use_the_config_in_force(tmp_path, starte
     # Every render from now on still draws into the running config's folder.
     drawn = d.text().count(DRAWN)
     page = graphs_dir / "index.html"
-    d.wait_for_log(DRAWN, count=drawn + 2)
+    d.wait_for_log(DRAWN, count=drawn + 2, limit=90)
     assert page.exists()
     assert "graph rendering exited with status" not in d.text(), d.text()
     assert "ctxmon graph:" not in d.text(), d.text()
-    assert d.stop() == 0, d.text()
+    assert d.stop(limit=30) == 0, d.text()
 
 
 def test_config_round_trips_through_its_serialized_form():
