@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -92,12 +93,17 @@ def main() -> int:
     hist = [x for name, d in dirs for x in ("--history", f"{name}={d}")]
     cmd = [sys.executable, "-m", "ctxmon.cli", "plan", *hist, "--end", str(END),
            "--days", str(DAYS), "--json"]
-    whole, reading, planning, baseline = [], [], [], []
+    whole, whole_cpu, reading, planning, baseline = [], [], [], [], []
     doc = None
     for _ in range(a.runs):
         t0 = time.monotonic()
+        c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         r = subprocess.run(cmd, capture_output=True, text=True)
+        c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         whole.append(time.monotonic() - t0)
+        # CPU time too: on a machine shared with other jobs, wall time says more
+        # about them than about us
+        whole_cpu.append(c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime)
         if r.returncode != 0:
             print(r.stderr, file=sys.stderr)
             return 1
@@ -126,7 +132,8 @@ def main() -> int:
     med = statistics.median
     print(f"ctxmon plan, {a.contexts} contexts x {DAYS} days at {STEP // 60} min "
           f"({POINTS} points) from {a.hosts} hosts' RRD files, {a.runs} runs (medians):")
-    print(f"  whole command          {med(whole):6.2f} s  (target <= 10 s)")
+    print(f"  whole command          {med(whole):6.2f} s  (target <= 10 s), CPU {med(whole_cpu):.2f} s; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"  reading + grid         {med(reading):6.2f} s")
     print(f"  planner                {med(planning):6.2f} s  -> {len(placement.hosts_used())} hosts "
           f"({len(doc['moves'])} moves, {len(doc['unplaced'])} unplaced)")
