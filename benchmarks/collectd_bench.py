@@ -380,6 +380,7 @@ def run_pair(n: int, way: str, base: str, interval: int, windows: int,
             "ctxmon_polls": len(polls),
             "ctxmon_contexts": polls[-1][1] if polls else None,
             "ctxmon_poll_ms": statistics.median(p[3] for p in polls) if polls else None,
+            "host_processes": statistics.median(p[2] for p in polls) if polls else None,
             "ctxmon_files": count_files(os.path.join(xbase, "rrd")),
             "collectd_files": count_files(os.path.join(cbase, "rrd")),
         }
@@ -457,6 +458,7 @@ def run_scrapers(n: int, base: str, interval: int, polls: int, scrapers: int,
             "max_ms": max(lat) * 1e3 if lat else float("nan"),
             "poll_ms_quiet": statistics.median(quiet),
             "poll_ms_scraped": statistics.median(busy) if busy else float("nan"),
+            "host_processes": cx.polls()[-1][2],
             "polls_scraped": len(busy),
         }
     finally:
@@ -518,6 +520,7 @@ def run_vserver(guests: int, base: str, interval: int, windows: int,
         cpu = cpu_windows({"ctxmon": cx}, interval, windows, per_window)["ctxmon"]
         polls = cx.polls()[k:]
         return {"guests": guests, "cpu": statistics.median(cpu), "cpu_all": cpu,
+                "processes": polls[-1][2] if polls else None,
                 "contexts": polls[-1][1] if polls else None,
                 "poll_ms": statistics.median(p[3] for p in polls) if polls else None}
     finally:
@@ -552,7 +555,8 @@ def profile_poll(base: str, interval: int, polls: int) -> str:
         st = pstats.Stats(prof, stream=out)
         st.sort_stats("cumulative").print_stats(35)
         st.sort_stats("tottime").print_stats(20)
-        head = (f"{len(snap.contexts)} contexts, {polls} profiled polls, wall per poll "
+        head = (f"{len(snap.contexts)} contexts, {sum(c.processes for c in snap.contexts)} "
+                f"processes on the host, {polls} profiled polls, wall per poll "
                 f"(profiled) median {statistics.median(walls) * 1e3:.0f} ms\n")
         return head + out.getvalue()
     finally:
@@ -566,8 +570,9 @@ def profile_poll(base: str, interval: int, polls: int) -> str:
 def print_table(rows: list[dict]) -> None:
     print()
     print("| contexts | RRD | ctxmon CPU/poll | collectd CPU/poll | ratio | rrdcached CPU/poll "
-          "(ctxmon's / collectd's) | ctxmon poll (wall) | files (ctxmon / collectd) |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+          "(ctxmon's / collectd's) | ctxmon poll (wall) | files (ctxmon / collectd) "
+          "| processes on the host |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         c = r["cpu"]
         cached = (f"{c['rrdcached (ctxmon)'] * 1e3:.0f} / {c['rrdcached (collectd)'] * 1e3:.0f} ms"
@@ -575,7 +580,8 @@ def print_table(rows: list[dict]) -> None:
         ratio = c["ctxmon"] / c["collectd"] if c["collectd"] else float("inf")
         print(f"| {r['n']:,} | {r['way']} | {c['ctxmon'] * 1e3:.0f} ms | "
               f"{c['collectd'] * 1e3:.0f} ms | {ratio:.2f}x | {cached} | "
-              f"{r['ctxmon_poll_ms']:.0f} ms | {r['ctxmon_files']:,} / {r['collectd_files']:,} |")
+              f"{r['ctxmon_poll_ms']:.0f} ms | {r['ctxmon_files']:,} / {r['collectd_files']:,} "
+              f"| {r['host_processes']:,.0f} |")
     sys.stdout.flush()
 
 
@@ -640,7 +646,8 @@ def main() -> int:
                     c = r["cpu"]
                     print(f"  {way}: ctxmon {c['ctxmon'] * 1e3:.0f} ms, collectd "
                           f"{c['collectd'] * 1e3:.0f} ms CPU per poll "
-                          f"({r['ctxmon_contexts']} ctxmon contexts)", flush=True)
+                          f"({r['ctxmon_contexts']} ctxmon contexts, "
+                          f"{r['host_processes']:.0f} processes on the host)", flush=True)
                     shutil.rmtree(os.path.join(base, f"{n}-{way}"), ignore_errors=True)
                 contexts.destroy()
                 contexts = None
