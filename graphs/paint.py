@@ -445,7 +445,7 @@ class Painter:
             return self.TOP + plot_h * (y_top - v) / (y_top - y_bottom)
 
         # The data's top edge in image rows, per pixel column, to keep labels off it.
-        tops = _top_rows(chart, self, row_of)
+        tops = _top_rows(chart, self, row_of) if chart.thresholds else []
         right = self.LEFT + self.plot_width - 3
         for t in chart.thresholds:
             if t.value > y_top:
