@@ -244,9 +244,9 @@ class GraphRun:
         done = 0
 
         def over() -> bool:
-            # At least one graph is drawn whatever the budget: every run makes progress.
+            # At least one graph is looked at whatever the budget: every run makes progress.
             return (deadline is not None and time.monotonic() > deadline
-                    and result.rendered + result.failed > 0)
+                    and result.rendered + result.failed + result.waiting > 0)
 
         # The host's graphs first, then its pages: the overview is current even when
         # the budget runs out among the contexts.
@@ -379,8 +379,9 @@ class GraphRun:
         full = os.path.join(self.graphs_dir, png)
         if spec.kind.startswith("host-"):
             # A departed context leaves the host graphs (and their legends) after
-            # departed_after; its own pages stay until its files are archived.
-            gone = now - self.settings.departed_after
+            # departed_after; its own pages stay until its files are archived. A file
+            # last updated before the period began has nothing to show in it: not read.
+            gone = now - min(self.settings.departed_after, SPANS[period])
             spec = dataclasses.replace(spec, files=tuple(rf for rf in spec.files if last.get(rf.path, gone) >= gone))
             if not spec.files:
                 return

@@ -161,8 +161,8 @@ class Worker:
         finally:
             self._in_run = False
         seconds = time.monotonic() - t0
-        log.info("%d graphs drawn, %d unchanged, %d failed, %d left, %d pages in %.1f s (%s)",
-                 r.rendered, r.skipped, r.failed, r.left, r.pages, seconds, self.graphs.graphs_dir)
+        log.info("%d graphs drawn, %d unchanged, %d failed, %d waiting for data, %d left, %d pages in %.1f s (%s)",
+                 r.rendered, r.skipped, r.failed, r.waiting, r.left, r.pages, seconds, self.graphs.graphs_dir)
         self.reply(req, True, rendered=r.rendered, skipped=r.skipped, failed=r.failed, left=r.left,
                    seconds=round(seconds, 3))
 
