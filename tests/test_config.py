@@ -680,3 +680,26 @@ def test_daemon_user_must_exist(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(str(path))
     assert "c.toml:3:" in str(e.value) and "user" in str(e.value)
+
+
+def test_graphs_departed_after_and_traffic_style_reach_the_renderer(tmp_path):
+    from graphs.settings import RenderSettings
+
+    cfg = load_config(write(tmp_path, '[graphs]\ndeparted_after = "6h"\ntraffic_style = "mrtg"\n'))
+    settings = RenderSettings.from_config(cfg)
+    assert (settings.departed_after, settings.traffic_style) == (6 * 3600.0, "mrtg")
+    default = RenderSettings.from_config(load_config(write(tmp_path, "")))
+    assert (default.departed_after, default.traffic_style) == (86400.0, "munin")
+
+
+@pytest.mark.parametrize("line, says", [
+    ('traffic_style = "rrd"', "must be one of munin, mrtg"),
+    ('departed_after = "400d"', "must be at most"),
+    ('departed_after = "-1s"', ""),
+])
+def test_graphs_bad_departed_after_or_traffic_style_is_one_line(tmp_path, line, says):
+    text = f"[graphs]\n{line}\n"
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    message = str(e.value)
+    assert "\n" not in message and ":2:" in message and says in message

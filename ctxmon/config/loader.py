@@ -422,6 +422,10 @@ class _Loader:
             dir=self.get(raw, loc, "dir", self.path_value, self.path_value(d.dir)),
             interval=self.get(raw, loc, "interval", self.duration("interval"), d.interval),
             enabled=self.get(raw, loc, "enabled", self.boolean, d.enabled),
+            departed_after=self.get(raw, loc, "departed_after",
+                                    self.duration("departed_after"), d.departed_after),
+            traffic_style=self.get(raw, loc, "traffic_style", self.choice("munin", "mrtg"),
+                                   d.traffic_style),
         )
 
     def log(self, raw: Any) -> LogConfig:

@@ -32,6 +32,7 @@ LIMITS = {  # (low, high) seconds
     "timeout": (1.0, HOUR),  # command_timeout, alertmanager_timeout
     "rate_window": (2.0, DAY),
     "for": (0.0, 365 * DAY),
+    "departed_after": (0.0, 366 * DAY),  # [graphs] departed_after: at most a year graph
 }
 MAX_RATE_POLLS = 1000  # samples one rate window may keep per series
 MAX_CONTEXTS_CAP = 1_000_000
@@ -124,6 +125,8 @@ class GraphsConfig:
     dir: str = "var/graphs"
     interval: float = 300.0
     enabled: bool = True
+    departed_after: float = 86400.0  # a gone context leaves the host graphs' legends after this
+    traffic_style: str = "munin"  # "munin" (received below the axis) or "mrtg" (in area, out line)
 
 
 @dataclass(frozen=True, slots=True)
