@@ -263,8 +263,10 @@ class GraphRun:
                 if between is not None:
                     between()
         # The first pages wait for the first graph with data: until then /graphs/
-        # keeps the page saying when they will come (graphs.client).
-        if context is None and any(self._exists(spec.png("day")) for spec in plan.host_specs):
+        # keeps the page saying when they will come (graphs.client). `ctxmon graph
+        # --force` writes them at once, graphs or not yet.
+        if context is None and ((force and plan.host_specs)
+                                or any(self._exists(spec.png("day")) for spec in plan.host_specs)):
             figures = self.figures(plan.contexts, now, last)
             for period in PERIODS:
                 page = html.index_page(socket.gethostname(), period, plan, figures, self._refresh(),

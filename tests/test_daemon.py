@@ -196,7 +196,9 @@ def test_daemon_renders_graphs_in_a_child_and_serves_them(tmp_path, cgroup_facto
     cg.spawn([sys.executable, "-c", "import time; time.sleep(600)"])
     d = daemons(cfg, tmp_path / "daemon.log")
     d.wait_for_log(f"context appeared: {name}")
-    deadline = time.monotonic() + 60
+    # The first pages wait for the day graph's first row: below a 60 s step its rows
+    # are 108 s (the RRD row budget), known once half of one is covered.
+    deadline = time.monotonic() + 240
     page = graphs_dir / "index.html"
     while not (page.exists() and name in page.read_text(errors="replace")):
         assert d.proc.poll() is None, d.text()

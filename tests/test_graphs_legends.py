@@ -190,3 +190,17 @@ def test_the_first_pages_wait_for_data(tmp_path):
     assert not os.path.exists(tmp_path / "g" / "cpu-day.png")
     assert os.path.exists(tmp_path / "g" / "mem-day.png")  # a gauge has its first row
     assert 'CPU by context: not drawn yet' in open(tmp_path / "g" / "index.html").read()
+
+
+def test_forced_run_writes_the_first_pages_before_any_graph_has_data(tmp_path):
+    from exporters.rrd import RrdSink
+    from test_graphs import FakeClock, ctx, snap
+
+    settings = RenderSettings(rrd_dir=str(tmp_path / "rrd"), rrd_step=STEP, graphs_dir=str(tmp_path / "g"))
+    sink = RrdSink(str(tmp_path / "rrd"), STEP, clock=FakeClock(T_END))
+    sink.write(snap(T_END, [ctx("web", 1.0, 1.0, 2**20, 2**21, 1, 1)], ()))
+    run = GraphRun(settings, Painter(WIDTH, HEIGHT), clock=lambda: T_END + 5)
+    periodic = run.run(periods=("week",))  # a week row is 30 min: nothing to draw yet
+    assert periodic.rendered == 0 and not os.path.exists(tmp_path / "g" / "index.html")
+    forced = run.run(periods=("week",), force=True)
+    assert forced.rendered == 0 and "web" in open(tmp_path / "g" / "index.html").read()

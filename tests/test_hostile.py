@@ -161,7 +161,8 @@ def check_files(data: str, names: list[str]) -> None:
 
 def run_graphs(cfg: str, tmp_path) -> None:
     env = dict(os.environ, MPLCONFIGDIR=str(tmp_path / "mpl"))
-    r = subprocess.run([sys.executable, "-m", "ctxmon.cli", "graph", "-c", cfg, "--period", "day"],
+    # --force: the pages now, although the day graphs wait for their first 108 s row
+    r = subprocess.run([sys.executable, "-m", "ctxmon.cli", "graph", "-c", cfg, "--period", "day", "--force"],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
