@@ -276,7 +276,9 @@ def test_the_daemon_answers_graphs_at_once_and_draws_a_context_page_on_request(t
         time.sleep(0.2)
     time.sleep(3)  # a few rows at the 1 s step
     page = f"{base}ctx/{encode_name(name)}/"
-    deadline = time.monotonic() + 120
+    # CPU is a rate, and below a 60 s step a day row is 108 s (the RRD row budget):
+    # the first cpu-day.png can take up to about three minutes.
+    deadline = time.monotonic() + 240
     while True:  # drawn within the hook's wait, or a page saying it is being drawn
         status, ctype, body = get(page + "index.html")
         assert status == 200 and ctype.startswith("text/html"), d.text()
