@@ -49,6 +49,24 @@ def run(argv: list[str]) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def read_floor() -> float:
+    """Seconds to list /proc and open, read and close every <pid>/stat, nothing else:
+    what any pure-Python reader of those files pays, the floor of the last row."""
+    t0 = time.perf_counter()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                fd = os.open(f"/proc/{name}/stat", os.O_RDONLY | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                os.read(fd, 1024)
+            except OSError:
+                pass
+            os.close(fd)
+    return time.perf_counter() - t0
+
+
 def compare(a: list[str], b: list[str], repeat: int):
     """Median (wall, CPU) seconds of `a` and of `b`, interleaved after a warm-up each."""
     run(a), run(b)
@@ -80,6 +98,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=15)
     args = ap.parse_args()
     pass_ = [PYTHON3, "-c", "pass"]
+    # An installed ctxmon has its bytecode; a source tree edited since its last run
+    # under PYTHONDONTWRITEBYTECODE (set here) would recompile its changed modules on
+    # every start (~20 ms), which is no start-up cost a user pays.
+    top = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    subprocess.run([PYTHON3, "-m", "compileall", "-q"]
+                   + [os.path.join(top, d) for d in ("ctxmon", "collector")],
+                   env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""}, check=True,
+                   stdout=subprocess.DEVNULL)
+    print("load average %.2f %.2f %.2f (1, 5, 15 min) at start" % os.getloadavg(), flush=True)
     rows = []
     v, p = compare([CTXMON, "--version"], pass_, args.repeat)
     rows.append(line("ctxmon --version", v, p, "python3 -c pass (venv)", 2))
@@ -97,6 +124,10 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("startup_bench: the many-process case needs root (cgroups)")
     root = v2_root()
+    # Leftovers of an earlier run would be counted as contexts and read by both sides.
+    stale = [d for d in os.listdir(root) if d.startswith("ctxbench-")]
+    if stale:
+        print(f"note: {len(stale)} benchmark cgroup(s) left by another run: {stale[:3]}")
     tag = uuid.uuid4().hex[:8]
     groups = [os.path.join(root, f"ctxbench-start-{tag}-{i}.service") for i in range(args.groups)]
     procs = []
@@ -112,6 +143,11 @@ def main() -> None:
                         ["ps", "-e", "-o", "pid,vsz,rss,times,cgroup"], max(5, args.repeat // 3))
         print(line(f"stat --json ({total} procs, {cgroups} ctx)", s, ps,
                    "ps -e -o pid,vsz,rss,times,cgroup", 0.5))
+        floor = statistics.median(read_floor() for _ in range(3))
+        print(f"floor: listing /proc and open+read+close of each <pid>/stat in a Python "
+              f"loop {floor * 1e3:.1f} ms = {floor / ps[0]:.2f}x of ps (+ python3 -c pass "
+              f"{p[0] * 1e3:.1f} ms = {(floor + p[0]) / ps[0]:.2f}x)")
+        print("load average %.2f %.2f %.2f at end" % os.getloadavg())
     finally:
         for p in procs:
             p.kill()
