@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from .catalog import MEMORY_ANON, MEMORY_FILE, PRESSURE_RESOURCES, pressure_key
-from .kernfile import HeldFiles, held_files_budget, read_text
+from .kernfile import HeldFile, HeldFiles, held_files_budget, read_text
 from .procfs import ABSURD, CLK_TCK, ErrorCounts, ParseError, ProcStat
 from .snapshot import LimitRow
 from .source import ContextIdentity, KernelAccounting, Source
@@ -530,6 +530,7 @@ class CgroupSource(Source):
         live = _is_live_proc(proc_root)
         dirs = [d for d in (self.hierarchy_dir, *self.v1_dirs.values()) if d]
         self._files = HeldFiles(held_files_budget(), hold=live and bool(dirs) and _on_cgroupfs(dirs))
+        self._plans: dict[str, _Plan] = {}  # context path -> its accounting files
         self._matches: dict[str, tuple[str, Rule, tuple[str, ...]] | None] = {}
         self._docker_names: dict[str, tuple[tuple[int, int], str | None]] = {}
 
@@ -611,6 +612,8 @@ class CgroupSource(Source):
             del cache[k]
         for path in self._matches.keys() - idents.keys():
             del self._matches[path]
+        for path in self._plans.keys() - {i.key for i in groups}:
+            del self._plans[path]  # a context gone (its files are swept next poll)
         return groups
 
     def _walk(self, errors: ErrorCounts) -> dict[int, str]:
@@ -651,6 +654,7 @@ class CgroupSource(Source):
 
     def close(self) -> None:
         self._files.close()
+        self._plans.clear()
 
     def _read_pid_cgroup(self, pid: int, errors: ErrorCounts) -> str | None:
         """The pid's cgroup path in our hierarchy; None (host) when unreadable."""
@@ -714,152 +718,159 @@ class CgroupSource(Source):
         return name
 
     # ---- accounting
+    #
+    # Each context keeps its files (`_Plan`: HeldFile objects, made when first read),
+    # so a poll builds no path, looks none up, and a file the cgroup does not have
+    # (a controller not enabled: most of them on a hybrid host) costs no exception.
+
+    def _plan(self, path: str) -> "_Plan":
+        plan = self._plans.get(path)
+        if plan is None:
+            dirs = {h: f"{d}/{path}" for h, d in self.v1_dirs.items()}
+            if self.v2_dir:
+                dirs["v2"] = f"{self.v2_dir}/{path}"
+            plan = self._plans[path] = _Plan(self._files, dirs)
+        return plan
 
     def accounting(self, ident: ContextIdentity, errors: ErrorCounts) -> KernelAccounting:
-        if not ident.key:
-            return KernelAccounting()  # host: the sampler sums its processes
         path = ident.key
+        if not path:
+            return KernelAccounting()  # host: the sampler sums its processes
+        plan = self._plan(path)
+        f = plan.f
+        get = self._get
         user = system = None
-        limits: list[LimitRow] = []
         # A cgroup gone since assign (or absent from the cpuacct hierarchy) just
         # reads as missing files: keep what there is.
-        try:
-            if self.v2_dir:
-                user, system = self._v2_cpu(f"{self.v2_dir}/{path}", errors)
-            elif "cpuacct" in self.v1_dirs:
-                user, system = self._v1_cpu(f"{self.v1_dirs['cpuacct']}/{path}", errors)
-        except _Gone:
-            pass
-        for row in (self._memory(path, errors), self._pids(path, errors)):
-            if row is not None:
-                limits.append(row)
-        return KernelAccounting(cpu_user_seconds=user, cpu_system_seconds=system,
-                                limits=tuple(limits), figures=self._figures(path, errors))
+        if self.v2_dir:
+            cpu = get(f("v2/cpu.stat"), parse_cpu_stat, errors)
+            if cpu is not None:
+                user, system = cpu
+        elif "cpuacct" in self.v1_dirs:
+            user, system = self._v1_cpu(plan, errors)
 
-    def _file(self, path: str, parse, errors: ErrorCounts, missing_ok: bool = True):
-        """Read and parse one file. Missing -> None (or _Gone); bad -> counted, None."""
+        limits: list[LimitRow] = []
+        figures: dict[str, float] = {}
+        v2 = self.v2_dir is not None
+        v1_memory = "memory" in self.v1_dirs
+        memory = None
+        if v2:
+            current = get(f("v2/memory.current"), parse_int, errors)
+            if current is not None:
+                events = get(f("v2/memory.events"), parse_flat_keyed, errors) or {}
+                memory = LimitRow(
+                    "memory", "bytes", current,
+                    maximum=get(f("v2/memory.peak"), parse_int, errors),
+                    soft=get(f("v2/memory.high"), parse_limit, errors),
+                    hard=get(f("v2/memory.max"), parse_limit, errors),
+                    hits=events.get("max", 0),
+                )
+        if memory is None and v1_memory:  # v1, or a hybrid host's v1 memory controller
+            current = get(f("memory/memory.usage_in_bytes"), parse_int, errors)
+            if current is not None:
+                memory = LimitRow(
+                    "memory", "bytes", current,
+                    maximum=get(f("memory/memory.max_usage_in_bytes"), parse_int, errors),
+                    soft=get(f("memory/memory.soft_limit_in_bytes"), parse_v1_limit, errors),
+                    hard=get(f("memory/memory.limit_in_bytes"), parse_v1_limit, errors),
+                    hits=get(f("memory/memory.failcnt"), parse_int, errors) or 0,
+                )
+        if memory is not None:
+            limits.append(memory)
+        # v1's pids controller has the same files as v2's.
+        for where in plan.pids:
+            current = get(f(where + "pids.current"), parse_int, errors)
+            if current is None:
+                continue
+            events = get(f(where + "pids.events"), parse_flat_keyed, errors) or {}
+            limits.append(LimitRow(
+                "pids", "count", current,
+                maximum=get(f(where + "pids.peak"), parse_int, errors),
+                hard=get(f(where + "pids.max"), parse_limit, errors),
+                hits=events.get("max", 0),
+            ))
+            break
+
+        # anon and file memory from memory.stat, of the controller memory is read from.
+        # v2's figures include descendants; v1's `total_*` do (its plain rss/cache are
+        # this cgroup's own only), as memory.usage_in_bytes does.
+        stat = None
+        if v2:
+            stat = get(f("v2/memory.stat"), _v2_memory_split, errors)
+        if stat is None and v1_memory:
+            stat = get(f("memory/memory.stat"), _v1_memory_split, errors)
+        if stat:
+            figures.update(stat)
+        if v2:
+            self._pressure(plan, figures, errors)
+        return KernelAccounting(cpu_user_seconds=user, cpu_system_seconds=system,
+                                limits=tuple(limits), figures=figures)
+
+    @staticmethod
+    def _get(hf: HeldFile, parse, errors: ErrorCounts):
+        """Read and parse one file. Missing or gone -> None; bad -> counted, None."""
         try:
-            return self._files.parsed(path, parse)
+            return hf.get(parse)
         except OSError as e:
-            if e.errno in _GONE:
-                if missing_ok:
-                    return None
-                raise _Gone(path) from None
             errors[SOURCE_NAME] += 1
-            log.debug("%s: %s", path, e.strerror or e)
+            log.debug("%s: %s", hf.path, e.strerror or e)
             return None
         except ParseError as e:
             errors[SOURCE_NAME] += 1
-            log.debug("%s: %s", path, e)
+            log.debug("%s: %s", hf.path, e)
             return None
 
-    def _v2_cpu(self, d: str, errors: ErrorCounts) -> tuple[float | None, float | None]:
-        cpu = self._file(f"{d}/cpu.stat", parse_cpu_stat, errors, missing_ok=False)
-        return cpu if cpu is not None else (None, None)
-
-    def _v1_cpu(self, d: str, errors: ErrorCounts) -> tuple[float | None, float | None]:
+    def _v1_cpu(self, plan: "_Plan", errors: ErrorCounts) -> tuple[float | None, float | None]:
+        f = plan.f
         try:
-            user = self._files.parsed(f"{d}/cpuacct.usage_user", parse_int)
-            system = self._files.parsed(f"{d}/cpuacct.usage_sys", parse_int)
+            user = f("cpuacct/cpuacct.usage_user").parsed(parse_int)
+            system = f("cpuacct/cpuacct.usage_sys").parsed(parse_int)
             return user / 1e9, system / 1e9
         except (OSError, ParseError):
             pass  # older kernels: no usage_user/usage_sys, use cpuacct.stat
-        cpu = self._file(f"{d}/cpuacct.stat", parse_cpuacct_stat, errors,
-                         missing_ok=False)
+        cpu = self._get(f("cpuacct/cpuacct.stat"), parse_cpuacct_stat, errors)
         return cpu if cpu is not None else (None, None)
 
-    def _memory(self, path: str, errors: ErrorCounts) -> LimitRow | None:
-        f = self._file
-        if self.v2_dir:
-            d = f"{self.v2_dir}/{path}"
-            current = f(f"{d}/memory.current", parse_int, errors)
-            if current is not None:
-                events = f(f"{d}/memory.events", parse_flat_keyed, errors) or {}
-                return LimitRow(
-                    "memory", "bytes", current,
-                    maximum=f(f"{d}/memory.peak", parse_int, errors),
-                    soft=f(f"{d}/memory.high", parse_limit, errors),
-                    hard=f(f"{d}/memory.max", parse_limit, errors),
-                    hits=events.get("max", 0),
-                )
-        if "memory" in self.v1_dirs:  # v1, or a hybrid host's v1 memory controller
-            d = f"{self.v1_dirs['memory']}/{path}"
-            current = f(f"{d}/memory.usage_in_bytes", parse_int, errors)
-            if current is not None:
-                return LimitRow(
-                    "memory", "bytes", current,
-                    maximum=f(f"{d}/memory.max_usage_in_bytes", parse_int, errors),
-                    soft=f(f"{d}/memory.soft_limit_in_bytes", parse_v1_limit, errors),
-                    hard=f(f"{d}/memory.limit_in_bytes", parse_v1_limit, errors),
-                    hits=f(f"{d}/memory.failcnt", parse_int, errors) or 0,
-                )
-        return None
-
-    def _pids(self, path: str, errors: ErrorCounts) -> LimitRow | None:
-        # v1's pids controller has the same files as v2's.
-        for base in (self.v2_dir, self.v1_dirs.get("pids")):
-            if not base:
-                continue
-            d = f"{base}/{path}"
-            current = self._file(f"{d}/pids.current", parse_int, errors)
-            if current is None:
-                continue
-            events = self._file(f"{d}/pids.events", parse_flat_keyed, errors) or {}
-            return LimitRow(
-                "pids", "count", current,
-                maximum=self._file(f"{d}/pids.peak", parse_int, errors),
-                hard=self._file(f"{d}/pids.max", parse_limit, errors),
-                hits=events.get("max", 0),
-            )
-        return None
-
-    # ---- further figures (ContextSample.figures; keys from collector.catalog)
-
-    def _figures(self, path: str, errors: ErrorCounts) -> dict[str, float]:
-        figures: dict[str, float] = {}
-        figures.update(self._memory_stat(path, errors))
-        if self.v2_dir:
-            figures.update(self._pressure(os.path.join(self.v2_dir, path), errors))
-        return figures
-
-    def _pressure(self, d: str, errors: ErrorCounts) -> dict[str, float]:
+    def _pressure(self, plan: "_Plan", out: dict[str, float], errors: ErrorCounts) -> None:
         """PSI totals of a v2 cgroup's cpu, memory and io.pressure files. A kernel
         booted with psi=0 has the files but refuses to read them: no figures, no
         error (and none for a v1-only or VServer context, which has no such file)."""
-        out: dict[str, float] = {}
-        for resource in PRESSURE_RESOURCES:
-            path = os.path.join(d, f"{resource}.pressure")
+        f = plan.f
+        for name, parse in _PRESSURE_FILES:
+            hf = f(name)
             try:
-                totals = self._files.parsed(path, parse_pressure)
+                totals = hf.get(parse)
             except OSError as e:
-                if e.errno not in _GONE and e.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP):
+                if e.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP):
                     errors[SOURCE_NAME] += 1
-                    log.debug("%s: %s", path, e.strerror or e)
+                    log.debug("%s: %s", hf.path, e.strerror or e)
                 continue
             except ParseError as e:
                 errors[SOURCE_NAME] += 1
-                log.debug("%s: %s", path, e)
+                log.debug("%s: %s", hf.path, e)
                 continue
-            for line, seconds in totals.items():
-                out[pressure_key(resource, line)] = seconds
-        return out
+            if totals:
+                out.update(totals)
 
-    def _memory_stat(self, path: str, errors: ErrorCounts) -> dict[str, float]:
-        """anon and file memory from memory.stat, of the controller `_memory` reads.
 
-        v2's figures include descendants; v1's `total_*` do (its plain rss/cache are
-        this cgroup's own only), as memory.usage_in_bytes does."""
-        if self.v2_dir:
-            stat = self._file(f"{self.v2_dir}/{path}/memory.stat", parse_flat_keyed,
-                              errors)
-            if stat is not None:
-                return _memory_split(stat, "anon", "file")
-        if "memory" in self.v1_dirs:
-            stat = self._file(f"{self.v1_dirs['memory']}/{path}/memory.stat",
-                              parse_flat_keyed, errors)
-            if stat is not None:
-                return _memory_split(stat, "total_rss", "total_cache")
-        return {}
+class _Plan:
+    """The held files of one cgroup context: `f("v2/cpu.stat")` is its cpu.stat in
+    the cgroup2 hierarchy, `f("memory/memory.stat")` in the v1 memory one."""
+
+    __slots__ = ("held", "dirs", "files", "pids")
+
+    def __init__(self, held: HeldFiles, dirs: dict[str, str]):
+        self.held = held
+        self.dirs = dirs
+        self.files: dict[str, HeldFile] = {}
+        self.pids = tuple(w for w in ("v2/", "pids/") if w[:-1] in dirs)
+
+    def f(self, name: str) -> HeldFile:
+        hf = self.files.get(name)
+        if hf is None:
+            where, _, file = name.partition("/")
+            hf = self.files[name] = self.held.file(f"{self.dirs[where]}/{file}")
+        return hf
 
 
 def parse_pressure(text: str) -> dict[str, float]:
@@ -900,3 +911,23 @@ def _memory_split(stat: Mapping[str, int], anon: str, file: str) -> dict[str, fl
     if file in stat:
         out[MEMORY_FILE] = stat[file]
     return out
+
+
+def _v2_memory_split(text: str) -> dict[str, float]:
+    return _memory_split(parse_flat_keyed(text), "anon", "file")
+
+
+def _v1_memory_split(text: str) -> dict[str, float]:
+    return _memory_split(parse_flat_keyed(text), "total_rss", "total_cache")
+
+
+def _pressure_parser(resource: str):
+    def parse(text: str) -> tuple[tuple[str, float], ...]:
+        return tuple((pressure_key(resource, line), seconds)
+                     for line, seconds in parse_pressure(text).items())
+    return parse
+
+
+# (file in the plan, parser to (figures key, seconds) pairs): one function per
+# resource, made once, so a file whose bytes did not change is not parsed again.
+_PRESSURE_FILES = tuple((f"v2/{r}.pressure", _pressure_parser(r)) for r in PRESSURE_RESOURCES)

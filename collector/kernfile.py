@@ -11,7 +11,8 @@ Cost: `HeldFiles` keeps files open and re-reads them with `os.pread` at offset 0
 `ProcessScanner` does for `<pid>/stat` (a third of open+read+close); remembers which
 files a context does not have (a controller not enabled: four failed opens a context
 a poll otherwise); and keeps the parsed value of a file whose bytes did not change
-(limits that stay `max`).
+(limits that stay `max`). A source keeps the `HeldFile` objects of each context, so
+a poll builds no path and looks none up, and a missing file costs no exception.
 """
 
 from __future__ import annotations
@@ -88,6 +89,132 @@ def read_text(path: str, cap: int = DEFAULT_CAP) -> str:
     return read_file(path, cap).decode("utf-8", "surrogateescape")
 
 
+class HeldFile:
+    """One file of a `HeldFiles`, kept by a caller that reads it every poll: no path
+    is built or looked up per read (`HeldFiles.file(path)` makes or finds it)."""
+
+    __slots__ = ("path", "owner", "fd", "seen", "missing_until", "missing_epoch",
+                 "data", "parse", "value", "registered")
+
+    def __init__(self, owner: "HeldFiles", path: str):
+        self.path = path
+        self.owner = owner
+        self.fd: int | None = None
+        self.seen = -1  # the owner's sweep generation this file was last read in
+        self.missing_until = 0.0  # remembered as missing until then (if the epoch holds)
+        self.missing_epoch = -1
+        self.data: bytes | None = None  # the bytes last parsed, and by what into what
+        self.parse: Callable | None = None
+        self.value: object = None
+        self.registered = True
+
+    def _forget(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            self.owner._open -= 1
+        self.data = self.parse = self.value = None
+        self.missing_epoch = -1
+        self.registered = False
+
+    def read(self, cap: int = DEFAULT_CAP) -> bytes:
+        """The file's bytes; raises what open/read would (FileNotFoundError also while
+        it is remembered as missing)."""
+        owner = self.owner
+        if not owner.hold:
+            return read_file(self.path, cap)
+        if self.seen != owner._gen:
+            self.seen = owner._gen
+            if not self.registered:  # swept while its caller kept it: back in the set
+                self.registered = True
+                other = owner._files.get(self.path)
+                if other is not None:
+                    other._forget()  # one object per path holds the fd
+                owner._files[self.path] = self
+        fd = self.fd
+        in_flux = fd is not None  # if the held one fails: its cgroup is coming or going
+        if fd is not None:
+            try:
+                data = os.pread(fd, _FIRST, 0)
+                if len(data) <= _SURELY_ALL and len(data) <= cap:
+                    return data
+                return read_fd(fd, cap)
+            except TooLarge:
+                raise
+            except OSError:
+                # The file's cgroup or process is gone (maybe made again since): the
+                # fd stays bound to the old one. Open afresh, and look again for every
+                # file found missing (a cgroup made again may have other controllers,
+                # in this hierarchy and in the others).
+                self.fd = None
+                owner._open -= 1
+                os.close(fd)
+                owner._epoch += 1
+        elif self.missing_epoch == owner._epoch:
+            if owner.clock() < self.missing_until:
+                raise FileNotFoundError(errno.ENOENT, "missing (remembered)", self.path)
+            self.missing_epoch = -1
+        try:
+            fd = open_regular(self.path)
+        except OSError as e:
+            # Also when the directory is missing (a cgroup absent from one hierarchy):
+            # a context that goes away is swept, one made again is looked at afresh.
+            if e.errno == errno.ENOENT and not in_flux:
+                self.missing_epoch = owner._epoch
+                self.missing_until = owner.clock() + owner.recheck_missing
+            raise
+        try:
+            data = read_fd(fd, cap)
+        except OSError:
+            os.close(fd)
+            raise
+        if owner._open < owner.max_open:
+            self.fd = fd
+            owner._open += 1
+        else:
+            os.close(fd)
+        return data
+
+    def parsed(self, parse: Callable[[str], T], cap: int = DEFAULT_CAP) -> T:
+        """parse(text of the file); the last value again when the bytes are the same."""
+        data = self.read(cap)
+        if data == self.data and parse is self.parse:
+            return self.value  # type: ignore[return-value]
+        value = parse(data.decode("utf-8", "surrogateescape"))
+        if self.owner.hold:
+            self.data, self.parse, self.value = data, parse, value
+        return value
+
+    def get(self, parse: Callable[[str], T], cap: int = DEFAULT_CAP) -> T | None:
+        """`parsed`, but None, not an exception, when the file is missing or gone (the
+        common case of a controller a cgroup does not have: no exception per poll).
+        Other OSErrors and parse's errors are raised."""
+        owner = self.owner
+        fd = self.fd
+        if fd is not None:  # the hot path, inline: one pread, parsed if it changed
+            self.seen = owner._gen
+            try:
+                data = os.pread(fd, _FIRST, 0)
+            except OSError:
+                data = None  # read() below reopens
+            if data is not None and len(data) <= _SURELY_ALL and len(data) <= cap:
+                if data == self.data and parse is self.parse:
+                    return self.value  # type: ignore[return-value]
+                value = parse(data.decode("utf-8", "surrogateescape"))
+                self.data, self.parse, self.value = data, parse, value
+                return value
+        elif (self.missing_epoch == owner._epoch and owner.hold
+                and owner.clock() < self.missing_until):
+            self.seen = owner._gen  # still in use: not swept
+            return None
+        try:
+            return self.parsed(parse, cap)
+        except OSError as e:
+            if e.errno in _GONE:
+                return None
+            raise
+
+
 class HeldFiles:
     """Files of a live tree read every poll, held open.
 
@@ -97,6 +224,7 @@ class HeldFiles:
     At most `max_open` fds are held; beyond that files are opened and closed each time.
     `hold=False` (a recorded tree, whose files tests rewrite under the same name)
     holds nothing and remembers nothing: every read is open+read+close.
+    A caller that reads the same files every poll keeps their `file(path)` objects.
     """
 
     def __init__(self, max_open: int, hold: bool = True, recheck_missing: float = 60.0,
@@ -105,23 +233,20 @@ class HeldFiles:
         self.hold = hold
         self.recheck_missing = recheck_missing
         self.clock = clock
-        self._fds: dict[str, int] = {}
-        self._used: set[str] = set()
-        # dir -> {name: when to look again}; all go when a held file fails (a cgroup
-        # was removed, maybe made again with other controllers).
-        self._missing: dict[str, dict[str, float]] = {}
-        self._parsed: dict[str, tuple[bytes, Callable, object]] = {}
+        self._files: dict[str, HeldFile] = {}
+        self._open = 0  # fds held
+        self._gen = 0  # sweep generation
+        # Bumped when a held file fails (a cgroup was removed, maybe made again with
+        # other controllers): every file remembered as missing is looked for again.
+        self._epoch = 0
 
     def __len__(self) -> int:
-        return len(self._fds)
+        return self._open
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-        self._missing.clear()
-        self._parsed.clear()
-        self._used.clear()
+        for f in self._files.values():
+            f._forget()
+        self._files.clear()
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
@@ -129,75 +254,30 @@ class HeldFiles:
         except Exception:
             pass
 
+    def file(self, path: str) -> HeldFile:
+        f = self._files.get(path)
+        if f is None:
+            f = HeldFile(self, path)
+            if self.hold:
+                self._files[path] = f
+        return f
+
     def read(self, path: str, cap: int = DEFAULT_CAP) -> bytes:
         if not self.hold:
             return read_file(path, cap)
-        self._used.add(path)
-        fd = self._fds.get(path)
-        in_flux = fd is not None  # if the held one fails: its cgroup is coming or going
-        if fd is not None:
-            try:
-                return read_fd(fd, cap)
-            except TooLarge:
-                raise
-            except OSError:
-                # The file's cgroup or process is gone (maybe made again since): the
-                # fd stays bound to the old one. Open afresh, and look again for every
-                # file found missing (a cgroup made again may have other controllers,
-                # in this hierarchy and in the others).
-                del self._fds[path]
-                os.close(fd)
-                self._missing.clear()
-        d, _, name = path.rpartition("/")
-        missing = self._missing.get(d)
-        if missing is not None and name in missing:
-            if self.clock() < missing[name]:
-                raise FileNotFoundError(errno.ENOENT, "missing (remembered)", path)
-            del missing[name]
-        try:
-            fd = open_regular(path)
-        except OSError as e:
-            # Also when the directory is missing (a cgroup absent from one hierarchy):
-            # a context that goes away is swept, one made again is looked at afresh.
-            if e.errno == errno.ENOENT and not in_flux:
-                self._missing.setdefault(d, {})[name] = self.clock() + self.recheck_missing
-            raise
-        try:
-            data = read_fd(fd, cap)
-        except OSError:
-            os.close(fd)
-            raise
-        if len(self._fds) < self.max_open:
-            self._fds[path] = fd
-        else:
-            os.close(fd)
-        return data
+        return self.file(path).read(cap)
 
     def parsed(self, path: str, parse: Callable[[str], T], cap: int = DEFAULT_CAP) -> T:
         """parse(text of the file); the last value again when the bytes are the same."""
-        data = self.read(path, cap)
-        hit = self._parsed.get(path) if self.hold else None
-        if hit is not None and hit[1] is parse and hit[0] == data:
-            return hit[2]  # type: ignore[return-value]
-        value = parse(data.decode("utf-8", "surrogateescape"))
-        if self.hold:
-            self._parsed[path] = (data, parse, value)
-        return value
+        return self.file(path).parsed(parse, cap)
 
     def sweep(self) -> None:
         """Close and forget what was not read since the last sweep."""
-        used = self._used
-        for path in [p for p in self._fds if p not in used]:
-            os.close(self._fds.pop(path))
-        for path in [p for p in self._parsed if p not in used]:
-            del self._parsed[path]
-        for d in list(self._missing):
-            names = self._missing[d]
-            for name in [n for n in names if f"{d}/{n}" not in used]:
-                del names[name]
-            if not names:
-                del self._missing[d]
-        used.clear()
+        gen = self._gen
+        files = self._files
+        for path in [p for p, f in files.items() if f.seen != gen]:
+            files.pop(path)._forget()
+        self._gen = gen + 1
 
 
 def held_files_budget() -> int:
