@@ -501,6 +501,24 @@ def _stored(kind: FileKind, subject: object) -> str:
     return ":".join(map(_value, values))
 
 
+def _targets(folder: str, kinds: tuple[FileKind, ...], interface: str) -> tuple:
+    """(path, kind, value getters, store scale) of an interface's files."""
+    return tuple((os.path.join(folder, layout.interface_file_name(kind.name, interface)), kind,
+                  tuple(d.value for d in kind.data_sources), kind.store_scale)
+                 for kind in kinds)
+
+
+def _format(getters: tuple, scale: float, subject: object, kind: FileKind) -> str:
+    """`_stored`, for the common case of values that are all numbers, in one join;
+    anything else (None, NaN, inf) takes `_stored`'s way, so the text is the same."""
+    try:
+        if scale == 1.0:
+            return ":".join([str(int(g(subject))) for g in getters])
+        return ":".join([str(int(g(subject) * scale)) for g in getters])
+    except (TypeError, ValueError, OverflowError):
+        return _stored(kind, subject)
+
+
 CLOCK_BACK = "clock stepped back: updates skipped"
 _LOST = "\0lost"  # _create_through_daemon: rrdcached could not be asked
 
@@ -573,6 +591,7 @@ class RrdSink:
         self._root_seen = False
         self._capacity: tuple[int | None, int | None] | None = None  # last written
         self._duplicates_warned: set[str] = set()
+        self._targets: dict[tuple, tuple] = {}  # _points' paths and getters per context
         self._faults = Complaints(log, prefix="RRD ", gather=True)  # per file, one line a poll
         self._global = Complaints(log, prefix="RRD ")  # the directory, rrdcached
 
@@ -650,9 +669,17 @@ class RrdSink:
         self._set_global("capacity", None)
 
     def _points(self, snapshot: Snapshot) -> list[tuple[str, FileKind, str]]:
-        """(path, kind, "v1:v2...") of every file this snapshot updates."""
+        """(path, kind, "v1:v2...") of every file this snapshot updates.
+
+        What does not change between polls (a context's paths, its kinds' getters) is
+        looked up once per context and kept while the context is present: a poll only
+        reads and formats the values.
+        """
         points: list[tuple[str, FileKind, str]] = []
+        append = points.append
         seen: set[str] = set()
+        previous = self._targets
+        targets: dict[tuple, tuple] = {}  # this poll's, so departed ones fall out
 
         def add(path: str, kind: FileKind, values: str) -> None:
             if path in seen:
@@ -662,22 +689,35 @@ class RrdSink:
                     log.warning("RRD: two contexts or interfaces map to %s in one poll: only the first is stored", path)
                 return
             seen.add(path)
-            points.append((path, kind, values))
+            append((path, kind, values))
 
         for c in snapshot.contexts:
-            cdir = layout.context_dir(self.directory, c.label)
-            for kind in _CONTEXT_FILE_KINDS:
-                if kind.has_file(c):
-                    add(os.path.join(cdir, layout.context_file_name(kind.name)), kind, _stored(kind, c))
+            key = ("c", c.label)
+            t = targets[key] = previous.get(key) or self._context_targets(c.label)
+            cdir, files = t
+            for path, kind, getters, scale in files:
+                if kind.present is not None and not kind.present(c):
+                    continue
+                add(path, kind, _format(getters, scale, c, kind))
             for i in c.interfaces:
-                for kind in _CONTEXT_IF_KINDS:
-                    add(os.path.join(cdir, layout.interface_file_name(kind.name, i.name)), kind,
-                        _stored(kind, i))
+                ikey = ("i", c.label, i.name)
+                files = targets[ikey] = previous.get(ikey) or _targets(cdir, _CONTEXT_IF_KINDS, i.name)
+                for path, kind, getters, scale in files:
+                    add(path, kind, _format(getters, scale, i, kind))
         for i in snapshot.host_interfaces:
-            for kind in _HOST_IF_KINDS:
-                add(os.path.join(self._host_root, layout.interface_file_name(kind.name, i.name)), kind,
-                    _stored(kind, i))
+            hkey = ("h", i.name)
+            files = targets[hkey] = previous.get(hkey) or _targets(self._host_root, _HOST_IF_KINDS, i.name)
+            for path, kind, getters, scale in files:
+                add(path, kind, _format(getters, scale, i, kind))
+        self._targets = targets
         return points
+
+    def _context_targets(self, label: str) -> tuple[str, tuple]:
+        cdir = layout.context_dir(self.directory, label)
+        return cdir, tuple(
+            (os.path.join(cdir, layout.context_file_name(kind.name)), kind,
+             tuple(d.value for d in kind.data_sources), kind.store_scale)
+            for kind in _CONTEXT_FILE_KINDS)
 
     def _write_direct(self, points: list[tuple[str, FileKind, str]], ts: int) -> None:
         for path, kind, values in points:
