@@ -147,7 +147,8 @@ def build_rrd_sink(cfg: Config, clock: Callable[[], float] = time.time):
     r = cfg.rrd
     return RrdSink(r.dir, step=int(r.step), daemon=r.daemon or None,
                    retention_seconds=r.retention, clock=clock,
-                   archive_keep_seconds=r.archive_keep, max_bytes=r.max_bytes)
+                   archive_keep_seconds=r.archive_keep, max_bytes=r.max_bytes,
+                   write_behind=r.write_behind)
 
 
 def storage_estimate(cfg: Config) -> str:
@@ -495,6 +496,8 @@ class Daemon:
             self.sampler.traffic = build_traffic(new)
             if previous is not None and self.sampler.traffic is not None:
                 self.sampler.traffic.totals = previous.totals  # never decreasing
+        if rrd is None and self.rrd.write_behind:
+            self.rrd.flush()  # an admin may look at the files after a HUP: held updates go now
         if rrd is not None:
             try:
                 self.rrd.flush()

@@ -40,6 +40,7 @@ import socket
 import stat
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
 
@@ -50,6 +51,7 @@ from collector.catalog import INTERFACE_DS, FileKind
 from collector.snapshot import Snapshot
 
 from . import rrdlayout as layout
+from .addresses import parse_listen
 from .files import write_atomic
 from .names import decode_name, encode_name
 from .rrdlayout import (  # noqa: F401  (re-exported for older callers)
@@ -81,6 +83,8 @@ DEFAULT_RETENTION_SECONDS = 30 * DAY
 DEFAULT_ARCHIVE_KEEP_SECONDS = 180 * DAY
 _ARCHIVE_STAMP = re.compile(r"-(\d{14})(?:\.\d+)?(?:\.rrd)?$")
 RRDCACHED_PORT = 42217
+MAX_WRITE_BEHIND = 3600  # seconds: [rrd] write_behind's upper bound
+FLUSH_WAIT = 1.0  # seconds flush() waits for a running write to end
 
 # The catalog's file kinds (name -> FileKind: ds, ds_type, unit, scale, values).
 KINDS: dict[str, FileKind] = catalog.FILE_KIND
@@ -279,19 +283,15 @@ MAX_REPLY_LINE = 1 << 20
 
 
 def _daemon_address(daemon: str) -> tuple[int, object]:
-    """(address family, address) of an rrdcached address as rrdtool spells it."""
+    """(address family, address) of an rrdcached address as the config takes it
+    ("unix:/path", "/path", "host:port", "[v6]:port"; `exporters.addresses`' parser,
+    so what the config refuses is refused here too). ValueError if malformed."""
     if daemon.startswith("unix:"):
         return socket.AF_UNIX, daemon[len("unix:") :]
     if daemon.startswith("/"):
         return socket.AF_UNIX, daemon
-    if daemon.startswith("["):
-        host, _, rest = daemon[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else RRDCACHED_PORT
-        return socket.AF_INET6, (host, port)
-    if daemon.count(":") == 1:
-        host, port = daemon.split(":")
-        return socket.AF_INET, (host or "localhost", int(port))
-    return socket.AF_INET, (daemon, RRDCACHED_PORT)
+    host, port = parse_listen(daemon, port_zero=False)
+    return (socket.AF_INET6 if daemon.startswith("[") else socket.AF_INET), (host, port)
 
 
 class _Rrdcached:
@@ -526,10 +526,12 @@ _LOST = "\0lost"  # _create_through_daemon: rrdcached could not be asked
 class _File:
     """What the sink knows of one RRD file."""
 
-    __slots__ = ("kind", "last", "checked", "invalid_key")
+    __slots__ = ("kind", "last", "checked", "invalid_key", "pending", "phase")
 
     def __init__(self, kind: FileKind):
         self.kind = kind
+        self.pending: list[tuple[int, str]] = []  # write_behind: (time, "time:values") held
+        self.phase = -1  # write_behind: the poll (mod a window's polls) it is written at
         self.last: int | None = None  # time of its last update, as written or read
         self.checked = False  # False: stat it (create or validate) before the next update
         self.invalid_key: tuple | None = None  # stat of a file found unusable, to see it change
@@ -557,9 +559,12 @@ class RrdSink:
         timeout: float | None = None,
         archive_keep_seconds: float = DEFAULT_ARCHIVE_KEEP_SECONDS,
         max_bytes: int = 0,
+        write_behind: float = 0,
     ):
         if int(step) != step or step < 1:
             raise ValueError(f"step must be a whole number of seconds >= 1, not {step!r}")
+        if not 0 <= write_behind <= MAX_WRITE_BEHIND:
+            raise ValueError(f"write_behind must be 0..{MAX_WRITE_BEHIND} s, not {write_behind!r}")
         # Absolute and free of symlinks: rrdcached resolves relative paths against its
         # own base directory, and with -B refuses paths through symlinks.
         self.directory = os.path.realpath(directory)
@@ -567,6 +572,14 @@ class RrdSink:
             raise ValueError(f"the rrdcached protocol cannot carry a path with blanks: {self.directory!r}")
         self.step = int(step)
         self.daemon = daemon or None
+        if self.daemon:
+            _daemon_address(self.daemon)  # ValueError for an address the config refuses
+        # Direct writes only (rrdcached holds updates itself): seconds a file's updates
+        # may wait in memory, so that one librrd call writes several (see _write_direct).
+        self.write_behind = 0 if self.daemon else int(write_behind)
+        self._window_polls = max(1, self.write_behind // self.step)
+        self._pending: dict[str, _File] = {}  # files with updates held
+        self._lock = threading.Lock()  # a poll's write and flush() never interleave
         self.retention_seconds = retention_seconds
         self.archive_keep_seconds = archive_keep_seconds  # 0: archives are kept for good
         self.max_bytes = max_bytes  # 0: no budget
@@ -599,22 +612,31 @@ class RrdSink:
 
     def write(self, snapshot: Snapshot) -> None:
         """Store one snapshot; faults are counted and logged, never raised."""
-        try:
-            self._write(snapshot)
-        except Exception:  # a bug here must not stop polling; it is logged in full
-            log.exception("RRD sink: unexpected error")
-            self.error_count += 1
-        finally:
-            self._report()
+        with self._lock:
+            try:
+                self._write(snapshot)
+            except Exception:  # a bug here must not stop polling; it is logged in full
+                log.exception("RRD sink: unexpected error")
+                self.error_count += 1
+            finally:
+                self._report()
+
+    @property
+    def pending_count(self) -> int:
+        """Updates held in memory by write_behind, not yet in their files."""
+        return sum(len(f.pending) for f in list(self._pending.values()))
 
     def flush(self) -> bool:
-        """Ask rrdcached to write all pending updates (FLUSHALL; returns at once).
+        """Write what is pending: the updates write_behind holds, or (with rrdcached)
+        ask rrdcached to write all it caches (FLUSHALL; returns at once).
 
-        For SIGTERM. Uses a connection of its own, so it is safe to call from a signal
-        handler that interrupted `write`. True if rrdcached accepted it, or no daemon.
+        For SIGTERM and reloads. rrdcached is asked over a connection of its own, so
+        that is safe while `write` runs elsewhere; held updates wait for a running
+        `write` at most FLUSH_WAIT seconds (a poll stuck in librrd: they are lost, and
+        counted). True if all was written or accepted.
         """
         if not self.daemon:
-            return True
+            return self._flush_pending()
         try:
             conn = _Rrdcached(self.daemon, self._timeout)
             try:
@@ -630,8 +652,26 @@ class RrdSink:
         return True
 
     def close(self) -> None:
-        """Close the rrdcached connection (pending updates stay with rrdcached)."""
+        """Write the updates write_behind holds; close the rrdcached connection
+        (pending updates stay with rrdcached)."""
+        if self._pending:
+            self._flush_pending()
         self._drop_connection()
+
+    def _flush_pending(self) -> bool:
+        if not self._lock.acquire(timeout=FLUSH_WAIT):
+            held = self.pending_count
+            log.error("RRD: %d update(s) held by write_behind not written: a poll is stuck "
+                      "writing", held)
+            return held == 0
+        try:
+            errors = self.error_count
+            for path, f in list(self._pending.items()):
+                self._write_pending(path, f)
+            self._report()
+            return self.error_count == errors
+        finally:
+            self._lock.release()
 
     # ------------------------------------------------------------ the poll
 
@@ -720,6 +760,9 @@ class RrdSink:
             for kind in _CONTEXT_FILE_KINDS)
 
     def _write_direct(self, points: list[tuple[str, FileKind, str]], ts: int) -> None:
+        if self.write_behind:
+            self._write_behind(points, ts)
+            return
         for path, kind, values in points:
             f = self._ready(path, kind, ts)
             if f is None:
@@ -732,6 +775,58 @@ class RrdSink:
             else:
                 f.last = ts
                 self._ok(path, f)
+
+    def _write_behind(self, points: list[tuple[str, FileKind, str]], ts: int) -> None:
+        """Hold each file's update; write a file's held updates in one librrd call
+        (which costs little more than one: open, lock, header and close are librrd's
+        cost per call) at its turn: files take turns over the polls of a window
+        (`phase`, from the path), so each poll writes about 1/n of them, n =
+        write_behind / step. Whatever the timing, none waits write_behind or longer."""
+        pending = self._pending
+        for path, kind, values in points:
+            f = self._ready(path, kind, ts)
+            if f is None:
+                continue
+            if not f.pending:
+                pending[path] = f
+                if f.phase < 0:
+                    f.phase = zlib.crc32(path.encode("utf-8", "surrogateescape")) % self._window_polls
+            f.pending.append((ts, f"{ts}:{values}"))
+            f.last = ts  # held counts as written: the next poll's same second is skipped
+        turn = (ts // self.step) % self._window_polls
+        limit = ts - self.write_behind
+        for path, f in list(pending.items()):
+            if f.phase == turn or f.pending[0][0] <= limit:
+                self._write_pending(path, f)
+
+    def _write_pending(self, path: str, f: _File) -> None:
+        """One librrd call with the file's held updates; a failure loses (and counts)
+        the ones not in the file, never another file's."""
+        held, f.pending = f.pending, []
+        self._pending.pop(path, None)
+        if not held:
+            return
+        try:
+            rrdtool.update(path, *[text for _, text in held])
+        except rrdtool.OperationalError as e:
+            try:
+                stored = int(rrdtool.last(path))  # librrd keeps the updates before a bad one
+            except rrdtool.OperationalError:
+                stored = -1
+            lost = sum(1 for t, _ in held if t > stored)
+            self.error_count += max(0, lost - 1)  # _fail counts one
+            self._fail(path, f, "update failed: " + _reason(str(e)), str(e))
+            f.checked = False  # look again: the file may have gone or changed
+        else:
+            self._ok(path, f)
+
+    def _drop_pending(self, paths: Iterable[str] | None = None) -> None:
+        """Forget held updates (counted as lost) whose files are gone from our view."""
+        for path in list(self._pending) if paths is None else paths:
+            f = self._pending.pop(path, None)
+            if f is not None:
+                self.error_count += len(f.pending)
+                f.pending = []
 
     def _write_daemon(self, points: list[tuple[str, FileKind, str]], ts: int) -> None:
         conn = self._connection()
@@ -1004,6 +1099,7 @@ class RrdSink:
             self._set_global("directory", None)
             return True
         # Deleted under us: what was known of its files is void.
+        self._drop_pending()
         self._files.clear()
         try:
             os.makedirs(self.directory, exist_ok=True)
@@ -1133,6 +1229,11 @@ class RrdSink:
         return target
 
     def _archive(self, source: str, files: Iterable[str], target: str, what: str, last: float) -> None:
+        files = list(files)
+        for p in files:  # held updates go to the file before it moves
+            f = self._pending.get(p)
+            if f is not None:
+                self._write_pending(p, f)
         if self._conn is not None:
             # Write out and drop what rrdcached holds for these files, or it would
             # write it later to a path that no longer exists. Replies do not matter
@@ -1154,6 +1255,7 @@ class RrdSink:
         prefix = source + os.sep
         for p in [p for p in self._files if p == source or p.startswith(prefix)]:
             del self._files[p]
+            self._drop_pending([p])
             self._faults.forget(p)
         log.info(
             "RRD: archived departed %s, last updated %s, to %s",

@@ -19,6 +19,7 @@ import pytest
 
 from collector.snapshot import ContextSample, InterfaceSample, Snapshot
 from exporters import rrd
+from exporters.addresses import check_rrdcached_address
 from exporters.names import encode_name
 from rrdcached import sigstop
 from exporters.rrd import (
@@ -697,8 +698,14 @@ def test_rrdcached_address_forms():
     assert rrd._daemon_address("unix:/run/x.sock") == (socket.AF_UNIX, "/run/x.sock")
     assert rrd._daemon_address("/run/x.sock") == (socket.AF_UNIX, "/run/x.sock")
     assert rrd._daemon_address("127.0.0.1:4000") == (socket.AF_INET, ("127.0.0.1", 4000))
-    assert rrd._daemon_address("localhost") == (socket.AF_INET, ("localhost", 42217))
     assert rrd._daemon_address("[::1]:4000") == (socket.AF_INET6, ("::1", 4000))
+    # What the config refuses, the sink refuses too (one parser, exporters.addresses):
+    # a host without a port, a port out of range, an IPv6 address without brackets.
+    for bad in ("localhost", "localhost:0", "localhost:70000", "::1:4000", "[::1]"):
+        with pytest.raises(ValueError):
+            rrd._daemon_address(bad)
+        with pytest.raises(ValueError):
+            check_rrdcached_address(bad)
 
 
 def test_rrdcached_refuses_a_directory_with_blanks(base):

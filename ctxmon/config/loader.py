@@ -228,6 +228,14 @@ class _Loader:
             raise ValueError(f"must be at least 1s, got {_show(value)}")
         return seconds
 
+    @classmethod
+    def _write_behind(cls, value: Any) -> float:
+        """[rrd] write_behind: whole seconds within LIMITS (librrd takes whole seconds)."""
+        seconds = cls.duration("write_behind")(value)
+        if seconds != int(seconds):
+            raise ValueError(f"must be a whole number of seconds, got {_show(value)}")
+        return seconds
+
     @staticmethod
     def duration(kind: str) -> Callable[[Any], float]:
         """A duration within LIMITS[kind]."""
@@ -361,6 +369,7 @@ class _Loader:
             retention=self.get(raw, loc, "retention", self.duration("retention"), d.retention),
             archive_keep=self.get(raw, loc, "archive_keep", _archive_keep, d.archive_keep),
             max_bytes=self.get(raw, loc, "max_bytes", _byte_size, d.max_bytes),
+            write_behind=self.get(raw, loc, "write_behind", self._write_behind, d.write_behind),
         )
         if check_rrd_files and os.path.isdir(directory):
             from exporters.rrd import check_step  # librrd only when there are files

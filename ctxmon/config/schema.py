@@ -33,6 +33,7 @@ LIMITS = {  # (low, high) seconds
     "rate_window": (2.0, DAY),
     "for": (0.0, 365 * DAY),
     "departed_after": (0.0, 366 * DAY),  # [graphs] departed_after: at most a year graph
+    "write_behind": (0.0, HOUR),  # [rrd] write_behind: 0 = every update written at once
 }
 MAX_RATE_POLLS = 1000  # samples one rate window may keep per series
 MAX_CONTEXTS_CAP = 1_000_000
@@ -99,6 +100,7 @@ class RrdConfig:
     retention: float = 30 * 86400.0  # seconds a departed context stays before archive/
     archive_keep: float = 180 * 86400.0  # seconds an archived context is kept; 0: for good
     max_bytes: int = 0  # no new RRD files past this many bytes in dir; 0: no budget
+    write_behind: float = 0.0  # seconds direct updates may wait in memory; 0: none
 
 
 @dataclass(frozen=True, slots=True)
