@@ -45,16 +45,20 @@ class TooLarge(OSError):
 
 def open_regular(path: str) -> int:
     """An fd for reading `path` if it is a regular file; never blocks."""
+    return _open_regular(path)[0]
+
+
+def _open_regular(path: str) -> tuple[int, os.stat_result]:
     fd = os.open(path, _FLAGS)
     try:
-        mode = os.fstat(fd).st_mode
+        st = os.fstat(fd)
     except OSError:
         os.close(fd)
         raise
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise NotRegular(errno.EINVAL, "not a regular file", path)
-    return fd
+    return fd, st
 
 
 def read_fd(fd: int, cap: int = DEFAULT_CAP) -> bytes:
@@ -93,13 +97,14 @@ class HeldFile:
     """One file of a `HeldFiles`, kept by a caller that reads it every poll: no path
     is built or looked up per read (`HeldFiles.file(path)` makes or finds it)."""
 
-    __slots__ = ("path", "owner", "fd", "seen", "missing_until", "missing_epoch",
+    __slots__ = ("path", "owner", "fd", "ident", "seen", "missing_until", "missing_epoch",
                  "data", "parse", "value", "registered")
 
     def __init__(self, owner: "HeldFiles", path: str):
         self.path = path
         self.owner = owner
         self.fd: int | None = None
+        self.ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the held fd
         self.seen = -1  # the owner's sweep generation this file was last read in
         self.missing_until = 0.0  # remembered as missing until then (if the epoch holds)
         self.missing_epoch = -1
@@ -133,6 +138,19 @@ class HeldFile:
                 owner._files[self.path] = self
         fd = self.fd
         in_flux = fd is not None  # if the held one fails: its cgroup is coming or going
+        if fd is not None and owner.verify:
+            # A recorded tree: the name may now be another file (replaced, its
+            # directory renamed away): hold the fd only while the path still leads to it.
+            try:
+                st = os.stat(self.path)
+                same = (st.st_dev, st.st_ino) == self.ident
+            except OSError:
+                same = False
+            if not same:
+                self.fd = None
+                owner._open -= 1
+                os.close(fd)
+                fd = None
         if fd is not None:
             try:
                 data = os.pread(fd, _FIRST, 0)
@@ -155,11 +173,11 @@ class HeldFile:
                 raise FileNotFoundError(errno.ENOENT, "missing (remembered)", self.path)
             self.missing_epoch = -1
         try:
-            fd = open_regular(self.path)
+            fd, st = _open_regular(self.path)
         except OSError as e:
             # Also when the directory is missing (a cgroup absent from one hierarchy):
             # a context that goes away is swept, one made again is looked at afresh.
-            if e.errno == errno.ENOENT and not in_flux:
+            if e.errno == errno.ENOENT and not in_flux and owner.recheck_missing > 0:
                 self.missing_epoch = owner._epoch
                 self.missing_until = owner.clock() + owner.recheck_missing
             raise
@@ -170,6 +188,7 @@ class HeldFile:
             raise
         if owner._open < owner.max_open:
             self.fd = fd
+            self.ident = (st.st_dev, st.st_ino)
             owner._open += 1
         else:
             os.close(fd)
@@ -191,7 +210,7 @@ class HeldFile:
         Other OSErrors and parse's errors are raised."""
         owner = self.owner
         fd = self.fd
-        if fd is not None:  # the hot path, inline: one pread, parsed if it changed
+        if fd is not None and not owner.verify:  # the hot path, inline: one pread, parsed if it changed
             self.seen = owner._gen
             try:
                 data = os.pread(fd, _FIRST, 0)
@@ -224,13 +243,18 @@ class HeldFiles:
     At most `max_open` fds are held; beyond that files are opened and closed each time.
     `hold=False` (a recorded tree, whose files tests rewrite under the same name)
     holds nothing and remembers nothing: every read is open+read+close.
+    `verify=True` holds files of such a tree too, but before each pread checks that
+    the path still names the held file (one stat: a file replaced or a directory
+    renamed away is opened afresh). `recheck_missing=0`: nothing is remembered as
+    missing (a file is looked for every time).
     A caller that reads the same files every poll keeps their `file(path)` objects.
     """
 
     def __init__(self, max_open: int, hold: bool = True, recheck_missing: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, verify: bool = False):
         self.max_open = max_open if hold else 0
         self.hold = hold
+        self.verify = verify
         self.recheck_missing = recheck_missing
         self.clock = clock
         self._files: dict[str, HeldFile] = {}

@@ -442,6 +442,15 @@ class VServerSource(Source):
         self.clock = clock
         self._xids: dict[int, tuple[int, int]] = {}  # pid -> (start, xid)
         self._names: dict[int, tuple[str, float]] = {}  # xid -> (name, resolved at)
+        # `/proc/virtual/<xid>/*`, held open and re-read with pread, as cgroup files
+        # are. Verified: before each read one stat checks that the name still leads to
+        # the held file (a recorded tree's file replaced, a guest's directory gone or
+        # made anew); nothing is remembered as missing (a guest restarted with the
+        # same xid is read at once). A file whose bytes did not change is not parsed.
+        self._files = kernfile.HeldFiles(kernfile.held_files_budget(), verify=True,
+                                         recheck_missing=0)
+        self._plans: dict[int, dict[str, kernfile.HeldFile]] = {}  # xid -> its files
+        self._parsers: tuple | None = None
 
     @property
     def kernel_hz(self) -> int:
@@ -509,9 +518,14 @@ class VServerSource(Source):
         self._names[xid] = (name, now)
         return name
 
+    def close(self) -> None:
+        self._files.close()
+        self._plans.clear()
+
     def assign(
         self, procs: Sequence[ProcStat], errors: ErrorCounts
     ) -> dict[ContextIdentity, list[ProcStat]]:
+        self._files.sweep()  # what the previous poll did not read belongs to nobody now
         by_xid: dict[int, list[ProcStat]] = {}
         cache = self._xids
         live: dict[int, tuple[int, int]] = {}
@@ -535,6 +549,8 @@ class VServerSource(Source):
         # A context seen for the first time (a guest (re)started) is looked up anew.
         for xid in self._names.keys() - by_xid.keys():
             del self._names[xid]
+        for xid in self._plans.keys() - by_xid.keys():
+            del self._plans[xid]  # a guest gone (its files are swept next poll)
         out: dict[ContextIdentity, list[ProcStat]] = {}
         for xid in sorted(by_xid):
             ident = ContextIdentity(
@@ -546,53 +562,63 @@ class VServerSource(Source):
 
     # -- accounting ---------------------------------------------------------
 
-    def _read_virtual(self, xid: int, file: str, errors: ErrorCounts) -> str | None:
-        path = f"{self.proc_root}/virtual/{xid}/{file}"
-        try:
-            return read_text(path)
-        except FileNotFoundError:  # not in this kernel's layout, or the context ended
-            return None
-        except OSError as e:
-            errors[self.name] += 1
-            log.debug("%s: %s", path, e.strerror)
-            return None
+    def _parsers_now(self) -> tuple:
+        """(file, parser) of the accounting files; made once (kernel_hz is looked up
+        when first needed), the same function objects every poll, so a file whose
+        bytes did not change keeps its parsed value."""
+        if self._parsers is None:
+            page_size, hz = self.page_size, self.kernel_hz
+            self._parsers = (
+                ("limit", lambda t: parse_limit(t, page_size)),
+                ("sched", lambda t: parse_sched(t, hz)),
+                ("cvirt", parse_cvirt),
+                ("cacct", parse_cacct),
+                ("status", parse_vstatus),
+            )
+        return self._parsers
 
     def accounting(self, ident: ContextIdentity, errors: ErrorCounts) -> KernelAccounting:
         xid = ident.xid
         if xid is None or xid <= 1 or not os.path.isdir(f"{self.proc_root}/virtual/{xid}"):
             return KernelAccounting()  # 0 (host) and 1 (spectator) have no directory
-
-        def parse(file: str, fn):
-            text = self._read_virtual(xid, file, errors)
-            if text is None:
-                return None
+        plan = self._plans.get(xid)
+        if plan is None:
+            d = f"{self.proc_root}/virtual/{xid}"
+            plan = self._plans[xid] = {
+                name: self._files.file(f"{d}/{name}") for name, _ in self._parsers_now()}
+        got: dict = {}
+        for file, fn in self._parsers_now():
+            hf = plan[file]
             try:
-                return fn(text)
+                got[file] = hf.get(fn)
+            except OSError as e:  # missing (not in this kernel's layout, or the context
+                # ended) is None, not an error
+                errors[self.name] += 1
+                log.debug("%s: %s", hf.path, e.strerror or e)
             except ParseError as e:
                 errors[self.name] += 1
-                log.debug("%s/virtual/%d/%s: %s", self.proc_root, xid, file, e)
-                return None
+                log.debug("%s: %s", hf.path, e)
 
         cpu_u = cpu_s = started = threads = None
         limits: tuple[LimitRow, ...] = ()
         sockets: tuple[SocketAccounting, ...] = ()
 
-        lim = parse("limit", lambda t: parse_limit(t, self.page_size))
+        lim = got.get("limit")
         if lim is not None:
             limits, bad = lim
             if bad:
                 errors[self.name] += bad
-        sched = parse("sched", lambda t: parse_sched(t, self.kernel_hz))
+        sched = got.get("sched")
         if sched is not None:
             cpu_u, cpu_s = sched
-        cvirt = parse("cvirt", parse_cvirt)
+        cvirt = got.get("cvirt")
         if cvirt is not None:
             started = cvirt.get("BiasUptime")
             threads = cvirt.get("nr_threads")
-        cacct = parse("cacct", parse_cacct)
+        cacct = got.get("cacct")
         if cacct is not None:
             sockets = cacct
-        status = parse("status", parse_vstatus)
+        status = got.get("status")
         if status is not None and "Tasks" in status:
             threads = status["Tasks"]
 

@@ -491,6 +491,48 @@ def test_accounting_keeps_the_rest_when_a_file_fails(vs23: Path):
     assert errors == {}
 
 
+def test_held_virtual_files_follow_the_tree(vs23: Path):
+    """The /proc/virtual files are held open between polls, yet every change is seen:
+    rewritten in place, replaced by a new file, the guest's directory gone and back."""
+    src = VServerSource(str(vs23 / "proc"), page_size=PAGE)
+    d = vs23 / "proc/virtual/40001"
+    sched = (d / "sched").read_text()
+
+    def poll():
+        errors = ErrorCounts()
+        groups = {i.xid: i for i in src.assign(scan(vs23), errors)}
+        return src.accounting(groups[40001], errors)
+
+    user = poll().cpu_user_seconds
+    assert user is not None and len(src._files) >= 4  # held
+    # In place (as the kernel's files change): a cpu line's user field doubled.
+    first = next(line for line in sched.splitlines() if line.startswith("cpu"))
+    fields = first.split()
+    more = sched.replace(first, first.replace(fields[2], str(int(fields[2]) * 2), 1), 1)
+    with open(d / "sched", "r+") as f:
+        f.write(more)
+    grown = poll().cpu_user_seconds
+    assert grown > user
+    # Replaced by another file under the same name: the new one is read.
+    (d / "sched.new").write_text(sched)
+    os.replace(d / "sched.new", d / "sched")
+    assert poll().cpu_user_seconds == user
+    # The directory renamed away (the guest stopped): nothing from the old files.
+    d.rename(vs23 / "proc/virtual/away")
+    errors = ErrorCounts()
+    assert src.accounting(_vserver_ident(40001), errors) == KernelAccounting()
+    (vs23 / "proc/virtual/away").rename(d)
+    assert poll().cpu_user_seconds == user
+    src.close()
+    assert len(src._files) == 0
+
+
+def _vserver_ident(xid: int):
+    from collector.source import ContextIdentity
+
+    return ContextIdentity(key=str(xid), name="", ctx_id=str(xid), source="vserver", xid=xid)
+
+
 # ---------------------------------------------------------------------------
 # vserver-stat formats (expected strings from the reference's rules and examples)
 # ---------------------------------------------------------------------------
