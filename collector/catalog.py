@@ -605,6 +605,29 @@ FILE_KIND: dict[str, FileKind] = {k.name: k for k in FILE_KINDS}
 CONTEXT_KINDS = tuple(k.name for k in FILE_KINDS if k.scope == "context")
 
 
+@dataclass(frozen=True, slots=True)
+class TableColumn:
+    """A column of the HTML pages' contexts tables (graphs/html.py): the latest row
+    of a context's `kind` file, the sum of its data sources `ds` (in the units the
+    graphs read them) times `factor`, shown as `format`: percent | bytes | count."""
+
+    title: str
+    kind: str
+    ds: tuple[str, ...]
+    format: str
+    factor: float = 1.0
+
+
+# The overview's and each context page's table: after the name, before "Updated".
+CONTEXT_TABLE: tuple[TableColumn, ...] = (
+    TableColumn("CPU", "cpu", ("user", "system"), "percent", 100.0),
+    TableColumn("RSS", "mem", ("rss",), "bytes"),
+    TableColumn("VSZ", "mem", ("vsz",), "bytes"),
+    TableColumn("Processes", "tasks", ("processes",), "count"),
+    TableColumn("Threads", "tasks", ("threads",), "count"),
+)
+
+
 # ------------------------------------------------------------------------ alerts
 
 
@@ -803,8 +826,8 @@ if __name__ == "__main__":
 
 __all__ = [
     "ALERT_METRIC", "ALERT_METRICS", "AlertMetric", "CONTEXT_JSON", "CONTEXT_KINDS",
-    "CounterSource", "DEPARTED_STATE_SECONDS", "DataSource", "FAMILIES", "FAMILY",
+    "CONTEXT_TABLE", "CounterSource", "DEPARTED_STATE_SECONDS", "DataSource", "FAMILIES", "FAMILY",
     "FILE_KIND", "FILE_KINDS", "Family", "FileKind", "Graph", "INTERFACE_DS", "OTHER",
     "context_json", "readme_table", "MEMORY_ANON", "MEMORY_FILE", "PRESSURE_RESOURCES",
-    "pressure_key",
+    "pressure_key", "TableColumn",
 ]

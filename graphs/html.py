@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 from urllib.parse import quote
 
+from collector import catalog
 from exporters.names import encode_name
 
 from .legend import auto_scale, display_name
@@ -107,6 +108,21 @@ def _count(v: float) -> str:
 
 def _when(t: int | None) -> str:
     return "–" if not t else time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+# The contexts tables' columns are the catalog's (catalog.CONTEXT_TABLE), each shown by its format.
+_FORMATS: dict[str, Callable[[float], str]] = {"percent": _percent, "bytes": _bytes, "count": _count}
+
+
+def _table_head(first: str) -> str:
+    return ('<div class="scroll"><table>\n<thead><tr><th scope="col">' + first + "</th>"
+            + "".join(f'<th scope="col">{html.escape(c.title)}</th>' for c in catalog.CONTEXT_TABLE)
+            + '<th scope="col">Updated</th></tr></thead>\n')
+
+
+def _table_cells(f: "ContextFigures") -> list[str]:
+    return ([_FORMATS[c.format](f.values.get(c.title, math.nan)) for c in catalog.CONTEXT_TABLE]
+            + [_when(f.last_update)])
 
 
 def _alert_item(a: "AlertShown", link: str | None, pending: bool = False) -> str:
@@ -242,18 +258,13 @@ def index_page(host: str, period: str, plan: "Plan", figures: Mapping[str, "Cont
             link = url("ctx", c.slug, page_name(period))
             if f is not None and f.departed:
                 rows.append(f'<tr class="departed"><td><a href="{link}">{esc(c.name)}</a></td>'
-                            f'<td colspan="6">departed, last seen {_when(f.last_seen)}</td></tr>\n')
+                            f'<td colspan="{len(catalog.CONTEXT_TABLE) + 1}">departed, last seen '
+                            f'{_when(f.last_seen)}</td></tr>\n')
                 continue
-            cells = ["–"] * 6 if f is None else [
-                _percent(f.cpu_percent), _bytes(f.rss), _bytes(f.vsz), _count(f.processes),
-                _count(f.threads), _when(f.last_update)]
+            cells = ["–"] * (len(catalog.CONTEXT_TABLE) + 1) if f is None else _table_cells(f)
             rows.append(f'<tr><td><a href="{link}">{esc(c.name)}</a></td>'
                         + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>\n")
-        parts.append(
-            '<div class="scroll"><table>\n<thead><tr><th scope="col">Context</th><th scope="col">CPU</th>'
-            '<th scope="col">RSS</th><th scope="col">VSZ</th><th scope="col">Processes</th>'
-            '<th scope="col">Threads</th><th scope="col">Updated</th></tr></thead>\n<tbody>\n'
-            + "".join(rows) + "</tbody>\n</table></div>\n")
+        parts.append(_table_head("Context") + "<tbody>\n" + "".join(rows) + "</tbody>\n</table></div>\n")
     else:
         parts.append('<p class="missing">No context has been recorded yet.</p>\n')
     parts.append("</section>\n")
@@ -312,13 +323,9 @@ def context_page(host: str, period: str, entry: "ContextEntry", specs: Sequence[
                      "</section>\n")
     elif figures is not None:
         parts.append(
-            '<section>\n<div class="scroll"><table>\n<thead><tr><th scope="col">Now</th>'
-            '<th scope="col">CPU</th><th scope="col">RSS</th><th scope="col">VSZ</th>'
-            '<th scope="col">Processes</th><th scope="col">Threads</th><th scope="col">Updated</th>'
-            f"</tr></thead>\n<tbody><tr><td>{name_e}</td><td>{_percent(figures.cpu_percent)}</td>"
-            f"<td>{_bytes(figures.rss)}</td><td>{_bytes(figures.vsz)}</td>"
-            f"<td>{_count(figures.processes)}</td><td>{_count(figures.threads)}</td>"
-            f"<td>{_when(figures.last_update)}</td></tr></tbody>\n</table></div>\n</section>\n")
+            "<section>\n" + _table_head("Now") + f"<tbody><tr><td>{name_e}</td>"
+            + "".join(f"<td>{cell}</td>" for cell in _table_cells(figures))
+            + "</tr></tbody>\n</table></div>\n</section>\n")
     for spec in specs:
         png = spec.png(period)
         parts.append(f"<section>\n<h2>{esc(spec.title)}</h2>\n")

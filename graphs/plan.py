@@ -3,7 +3,6 @@ what each is drawn from. Pure: it reads no file."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -14,7 +13,6 @@ from exporters.rrdlayout import RrdFile
 
 from .legend import display_name
 
-NAN = math.nan
 # The graphs folder's own layout (pages and PNGs, as URLs show it): ctx/<folder>/...,
 # <folder> being the context's encoded name as the RRD layout gives it (RrdFile.slug).
 PAGES_DIR = "ctx"
@@ -131,13 +129,10 @@ def make_plan(files: Iterable[RrdFile]) -> Plan:
 
 @dataclass
 class ContextFigures:
-    """A context's latest figures for the overview table (NaN = unknown)."""
+    """A context's latest figures for the contexts tables: the catalog's
+    CONTEXT_TABLE columns by title (absent = unknown)."""
 
-    cpu_percent: float = NAN
-    rss: float = NAN
-    vsz: float = NAN
-    processes: float = NAN
-    threads: float = NAN
+    values: dict[str, float] = field(default_factory=dict)
     last_update: int | None = None  # end of the newest row with data
     last_seen: int | None = None  # the newest update of any of its files
     departed: bool = False  # no update for a few steps: the context is gone

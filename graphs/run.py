@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 
 import rrdtool
 
+from collector import catalog
 from exporters.files import write_atomic
 from exporters.names import decode_name, encode_name
 from exporters.rrd import last as rrd_last
@@ -485,12 +486,9 @@ class GraphRun:
                     continue
                 values, t = latest
                 fig.last_update = max(fig.last_update or 0, t)
-                if kind == "cpu":
-                    fig.cpu_percent = (values["user"] + values["system"]) * 100
-                elif kind == "mem":
-                    fig.rss, fig.vsz = values["rss"], values["vsz"]
-                elif kind == "tasks":  # other kinds (cgmem ...) are not in the table
-                    fig.processes, fig.threads = values["processes"], values["threads"]
+                for col in catalog.CONTEXT_TABLE:  # kinds without a column are not in the table
+                    if col.kind == kind:
+                        fig.values[col.title] = sum(values[d] for d in col.ds) * col.factor
             out[c.slug] = fig
         return out
 
