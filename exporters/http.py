@@ -56,6 +56,7 @@ from prometheus_client.registry import Collector
 from exporters.addresses import parse_listen
 from exporters.names import loggable
 from exporters.passwords import bcrypt_cost
+from exporters.sink import Complaints
 from exporters.version import version as _version
 
 log = logging.getLogger("ctxmon.http")
@@ -187,16 +188,13 @@ class BasicAuth:
 
 
 class _Client:
-    __slots__ = ("failures", "blocked_until", "last_failure", "in_flight", "logged_at",
-                 "unlogged")
+    __slots__ = ("failures", "blocked_until", "last_failure", "in_flight")
 
     def __init__(self) -> None:
         self.failures = 0
         self.blocked_until = 0.0
         self.last_failure = 0.0
         self.in_flight = False
-        self.logged_at = -1e18
-        self.unlogged = 0
 
 
 class LoginThrottle:
@@ -218,6 +216,8 @@ class LoginThrottle:
         self._clock = clock
         self._clients: dict[str, _Client] = {}
         self._lock = threading.Lock()
+        # per client: the sinks' log-once helper, repeating a client's line each interval
+        self._logged = Complaints(log, every=self.LOG_INTERVAL, clock=clock)
 
     def begin(self, key: str) -> float:
         """0: go ahead and check (the client's one check in flight, end() must follow);
@@ -233,7 +233,7 @@ class LoginThrottle:
             if c.in_flight:
                 return 1.0
             if now < c.blocked_until:
-                c.unlogged += 1
+                self._logged.note(key)
                 return c.blocked_until - now
             c.in_flight = True
             return 0.0
@@ -253,14 +253,11 @@ class LoginThrottle:
             over = c.failures - self.FREE
             if over > 0:
                 c.blocked_until = now + min(self.CAP, self.BASE * 2 ** min(over - 1, 30))
-            if now - c.logged_at < self.LOG_INTERVAL:
-                c.unlogged += 1
-                return
-            unlogged, c.unlogged, c.logged_at = c.unlogged, 0, now
             failures, wait = c.failures, max(0.0, c.blocked_until - now)
-        log.warning("failed basic auth login from %s as %s (%d failed in a row, %d more "
-                    "attempts since the last such line; next check in %.0f s at the earliest)",
-                    key, loggable(user), failures, unlogged, wait)
+            self._logged.complain(key, "failing", text=lambda unlogged: (
+                f"failed basic auth login from {key} as {loggable(user)} ({failures} failed in "
+                f"a row, {unlogged} more attempts since the last such line; next check in "
+                f"{wait:.0f} s at the earliest)"))
 
     def cancel(self, key: str) -> None:
         """The check begun was not made after all (the queue was full): nothing counted."""
@@ -273,10 +270,15 @@ class LoginThrottle:
         if len(self._clients) < self.MAX_CLIENTS:
             return
         for k, c in list(self._clients.items()):
-            if not c.in_flight and c.blocked_until < now and now - c.logged_at > self.LOG_INTERVAL:
+            logged = self._logged.last_logged(k)
+            if (not c.in_flight and c.blocked_until < now
+                    and (logged is None or now - logged > self.LOG_INTERVAL)):
                 del self._clients[k]
+                self._logged.forget(k)
         while len(self._clients) >= self.MAX_CLIENTS:  # all busy: forget the oldest
-            del self._clients[next(iter(self._clients))]
+            k = next(iter(self._clients))
+            del self._clients[k]
+            self._logged.forget(k)
 
 
 class GzipPrefixCache:

@@ -10,8 +10,9 @@ week is two log lines, not ten thousand.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
-from typing import Hashable, Protocol, runtime_checkable
+from typing import Callable, Hashable, Protocol, runtime_checkable
 
 from collector.snapshot import Snapshot
 
@@ -40,14 +41,25 @@ class Complaints:
     if it was in one. With `gather=True` nothing is logged at once: `report()` then
     logs one line per state entered and one per state cleared since the last report
     (the RRD sink's "mem.rrd and 2,999 other files: disk full" in one line).
+    With `every=S` (collectd's c_complain rather than c_complain_once), a key that
+    stays in its state is logged again once S seconds of `clock` passed since its
+    last line, and the occurrences not logged in between are counted for that line
+    (failed logins: one line per client a minute, however many guesses).
     """
 
     def __init__(self, logger: logging.Logger, prefix: str = "", gather: bool = False,
-                 noun: str = "file(s)"):
+                 noun: str = "file(s)", every: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        if every is not None and gather:
+            raise ValueError("Complaints: every= repeats single lines; gather= has none")
         self._log = logger
         self._noun = noun
         self._prefix = prefix
         self._gather = gather
+        self._every = every
+        self._clock = clock
+        self._last: dict[Hashable, float] = {}  # with every: when the key's line was logged
+        self._quiet: dict[Hashable, int] = {}  # with every: occurrences not logged since
         self._state: dict[Hashable, str] = {}
         self._entered: dict[str, list[tuple[Hashable, str]]] = defaultdict(list)
         self._cleared: dict[str, list[Hashable]] = defaultdict(list)
@@ -59,12 +71,25 @@ class Complaints:
         return len(self._state)
 
     def complain(self, key: Hashable, state: str, detail: str = "",
-                 level: int = logging.WARNING, text: str | None = None) -> bool:
-        """Record that `key` is in fault `state`; True (and logged) if that is news.
-        The line is "<prefix><key>: <detail>", or `text` as it is."""
+                 level: int = logging.WARNING,
+                 text: str | Callable[[int], str] | None = None) -> bool:
+        """Record that `key` is in fault `state`; True (and logged) if that is news
+        (or, with `every`, due again). The line is "<prefix><key>: <detail>", or
+        `text` as it is; a callable `text` is given the occurrences not logged since
+        the key's last line."""
         if self._state.get(key) == state:
-            return False
+            if self._every is None:
+                return False
+            if self._clock() - self._last[key] < self._every:
+                self.note(key)
+                return False
         self._state[key] = state
+        quiet = 0
+        if self._every is not None:
+            self._last[key] = self._clock()
+            quiet = self._quiet.pop(key, 0)
+        if callable(text):
+            text = text(quiet)
         if self._gather:
             self._entered[state].append((key, detail))
         elif text is not None:
@@ -78,6 +103,8 @@ class Complaints:
         """`key` works again; True (and logged) if it was in a fault state. The line is
         "<prefix><key>: <message>", or `text` as it is."""
         state = self._state.pop(key, None)
+        self._last.pop(key, None)
+        self._quiet.pop(key, None)
         if state is None:
             return False
         if self._gather:
@@ -88,9 +115,20 @@ class Complaints:
             self._log.log(level, "%s%s: %s", self._prefix, key, message)
         return True
 
+    def note(self, key: Hashable) -> None:
+        """Count an occurrence for `key`'s next line without logging (with `every`)."""
+        if key in self._state:
+            self._quiet[key] = self._quiet.get(key, 0) + 1
+
+    def last_logged(self, key: Hashable) -> float | None:
+        """When `key`'s last line was logged (with `every`), by `clock`."""
+        return self._last.get(key)
+
     def forget(self, key: Hashable) -> None:
         """Drop `key` silently (it no longer exists)."""
         self._state.pop(key, None)
+        self._last.pop(key, None)
+        self._quiet.pop(key, None)
 
     def report(self, details: dict[str, str] | None = None, shown: int = 5) -> None:
         """Log what was gathered: one line per state entered, one per state cleared.
