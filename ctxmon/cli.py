@@ -103,7 +103,7 @@ def cmd_stat(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     print(f"{args.config}: OK")
-    from .daemon import storage_estimate
+    from .wiring import storage_estimate  # not .daemon: no APScheduler for a check
 
     print(storage_estimate(cfg))
     return 0

@@ -122,11 +122,12 @@ def test_each_command_imports_only_what_it_needs():
                 or m.startswith("ctxmon.config") or m == "collector.traffic"}, sorted(stat)
     check = imported("check-config", "-c", SHIPPED)
     assert "ctxmon.config.loader" in check
-    # check-config also estimates the RRD files' size on this host (ctxmon.daemon's
-    # storage_estimate: the sampler, librrd, and with that module APScheduler).
+    # check-config also estimates the RRD files' size on this host (ctxmon.wiring's
+    # storage_estimate: the sampler and librrd), without the daemon or its scheduler.
+    assert "ctxmon.wiring" in check
     assert not {m for m in check if m.split(".")[0] in
-                ("graphs", "planner", "matplotlib", "prometheus_client", "bcrypt")}, \
-        sorted(check)
+                ("graphs", "planner", "matplotlib", "prometheus_client", "bcrypt",
+                 "apscheduler") or m == "ctxmon.daemon"}, sorted(check)
     helps = imported("--help")
     assert not {m for m in helps if m.split(".")[0] in ("collector", "graphs", "planner")}
 
