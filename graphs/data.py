@@ -9,16 +9,19 @@ LAST/MINIMUM/AVERAGE/MAXIMUM over the same file, period and width:
   does (same CF, unknown rows left out, partial rows at the edges unknown).
 
 Unknown rows stay NaN all the way to the plot, where they are gaps, never zero.
-Nothing here draws: no matplotlib.
+Nothing here draws: no matplotlib (numpy is imported on first read).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from exporters.rrd import fetch
+
+if TYPE_CHECKING:  # numpy is imported where rows are read: graphs.render re-exports
+    import numpy as np  # this module and stays light for the daemon's process
 
 NAN = math.nan
 
@@ -61,31 +64,31 @@ def effective_step(layout: Sequence[tuple[int, int]], pdp_step: int, last_update
     return row_step
 
 
-def _consolidate(cf: str, values: list[float]) -> float:
-    known = [v for v in values if not math.isnan(v)]
-    if not known:
-        return NAN
-    if cf == "MIN":
-        return min(known)
-    if cf == "MAX":
-        return max(known)
-    if cf == "LAST":
-        return known[-1]
-    return math.fsum(known) / len(known)
-
-
 def reduce_rows(cf: str, cur_step: int, start: int, end: int, step: int,
                 rows: Sequence[Sequence[float]]) -> tuple[int, int, int, list[tuple[float, ...]]]:
     """rrdtool's reduce_data: consolidate rows of `cur_step` into rows of the next
     multiple of `cur_step` >= `step`, with `cf`; start and end move outwards to that
     multiple, and a partial row at either edge is unknown. Returns (start, end, step, rows)."""
+    import numpy as np
+
+    ncol = len(rows[0]) if rows else 0
+    a = np.array(rows, dtype=float).reshape(len(rows), ncol)
+    start, end, step, out = _reduce(cf, cur_step, start, end, step, a)
+    return start, end, step, [tuple(r) for r in out.tolist()]
+
+
+def _reduce(cf: str, cur_step: int, start: int, end: int, step: int,
+            a: np.ndarray) -> tuple[int, int, int, np.ndarray]:
+    """reduce_rows over an array of rows x columns (NaN = unknown), block-wise in
+    numpy: each new row from `factor` source rows, summed in their order as
+    rrdtool's reduce_data sums them."""
+    import numpy as np
+
     factor = math.ceil(step / cur_step)
     new_step = cur_step * factor
-    ncol = len(rows[0]) if rows else 0
-    unknown = (NAN,) * ncol
+    ncol = a.shape[1]
     row_cnt = (end - start) // cur_step
     src = 0
-    out: list[tuple[float, ...]] = []
     start_offset = start % new_step
     end_offset = end % new_step
     if start_offset:
@@ -93,18 +96,36 @@ def reduce_rows(cf: str, cur_step: int, start: int, end: int, step: int,
         skip = factor - start_offset // cur_step
         src += skip
         row_cnt -= skip
-        out.append(unknown)
     if end_offset:
         end = end - end_offset + new_step
         row_cnt -= end_offset // cur_step
-    while row_cnt >= factor:
-        block = rows[src:src + factor]
-        out.append(tuple(_consolidate(cf, [r[c] for r in block]) for c in range(ncol)))
-        src += factor
-        row_cnt -= factor
+    blocks = max(0, row_cnt // factor)
+    body = a[src: src + blocks * factor]
+    if len(body) < blocks * factor:  # fewer rows than the period holds: unknown
+        body = np.vstack([body, np.full((blocks * factor - len(body), ncol), NAN)])
+    body = body.reshape(blocks, factor, ncol)
+    known = ~np.isnan(body)
+    if cf == "MIN":
+        out = np.fmin.reduce(body, axis=1) if factor else np.full((blocks, ncol), NAN)
+    elif cf == "MAX":
+        out = np.fmax.reduce(body, axis=1) if factor else np.full((blocks, ncol), NAN)
+    elif cf == "LAST":
+        out = np.full((blocks, ncol), NAN)
+        for j in range(factor):
+            out = np.where(known[:, j], body[:, j], out)
+    else:
+        total = np.zeros((blocks, ncol))
+        for j in range(factor):  # in row order, as rrdtool adds them
+            total += np.where(known[:, j], body[:, j], 0.0)
+        count = known.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(count > 0, total / np.maximum(count, 1), NAN)
+    parts = [out]
+    if start_offset:
+        parts.insert(0, np.full((1, ncol), NAN))
     if end_offset:
-        out.append(unknown)
-    return start, end, new_step, out
+        parts.append(np.full((1, ncol), NAN))
+    return start, end, new_step, np.concatenate(parts) if len(parts) > 1 else out
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,14 +151,17 @@ def load_series(path: str, cf: str, start: int, end: int, requested: int,
     Values are in the file kind's unit (CPU as a ratio, see exporters.rrd.fetch).
     Raises rrdtool.OperationalError for an unreadable file.
     """
+    import numpy as np
+
     got = fetch(path, start, end, cf, resolution=requested, daemon=daemon)
-    rows = [tuple(NAN if v is None else float(v) for v in row) for row in got.rows]
+    # numpy turns None (unknown) into NaN
+    a = np.array(got.rows, dtype=float).reshape(len(got.rows), len(got.names))
     s, e, st = got.start, got.end, got.step
     if st < requested:
-        s, e, st, rows = reduce_rows(cf, st, s, e, requested, rows)
+        s, e, st, a = _reduce(cf, st, s, e, requested, a)
     n = (e - s) // st
-    rows = rows[:n]
-    columns = {name: [r[i] for r in rows] for i, name in enumerate(got.names)}
+    a = a[:n]
+    columns = {name: a[:, i].tolist() for i, name in enumerate(got.names)}
     return Series(s, st, columns)
 
 
