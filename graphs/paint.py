@@ -3,7 +3,6 @@ look (matplotlib's Agg canvas, imported on first use only)."""
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from typing import Iterable, Sequence
@@ -269,12 +268,13 @@ class Painter:
 
     def _figure(self):
         if self._fig is None:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
             from matplotlib.figure import Figure
+
+            from .agg import CachedCanvas
 
             w, h = self.width, self.height
             fig = Figure(figsize=(w / self.dpi, h / self.dpi), dpi=self.dpi, facecolor=BACK)
-            FigureCanvasAgg(fig)
+            CachedCanvas(fig)
             ax = fig.add_axes((self.LEFT / w, self.bottom / h, self.plot_width / w, self.plot_height / h),
                               facecolor=CANVAS)
             ax.set_xticks([])
@@ -425,9 +425,10 @@ class Painter:
                 stamp = time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(chart.last_update))
                 text(w - self.RIGHT, min(last_line, h - _LEGEND_LINE - 1), f"Last update: {stamp}",
                      ha="right", va="top")
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=self.dpi, facecolor=BACK)
-            return buf.getvalue()
+            from .agg import png
+
+            fig.canvas.draw()
+            return png(fig.canvas)
         finally:
             for artist in drawn:
                 artist.remove()

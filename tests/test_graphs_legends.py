@@ -204,3 +204,48 @@ def test_forced_run_writes_the_first_pages_before_any_graph_has_data(tmp_path):
     assert periodic.rendered == 0 and not os.path.exists(tmp_path / "g" / "index.html")
     forced = run.run(periods=("week",), force=True)
     assert forced.rendered == 0 and "web" in open(tmp_path / "g" / "index.html").read()
+
+
+def test_cached_glyphs_and_own_png_draw_the_pixels_matplotlib_draws(env, monkeypatch):
+    """graphs.agg keeps glyph bitmaps between graphs and writes the PNG itself: every
+    pixel equals what matplotlib's own text drawing and savefig give, legend included,
+    in every chart kind (stacked host graphs, traffic pairs, a context's own)."""
+    import io
+
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    from graphs import agg
+
+    plan = make_plan(list_rrd_files(env.rrd_dir))
+    kinds = {}  # one graph of each kind: host stacked, host traffic, a context's own ...
+    for spec in list(plan.host_specs) + [s for specs in plan.context_specs.values() for s in specs]:
+        kinds.setdefault(spec.kind, spec)
+    charts = [c for s in kinds.values() if (c := ChartBuilder(Painter().plot_width).build(s, "day", NOW, T_END))]
+    assert len(charts) >= 6 and any(c.pair_label for c in charts) and any(len(c.legend) > 2 for c in charts)
+    ours, theirs = Painter(), Painter()
+    theirs._figure()
+    FigureCanvasAgg(theirs._fig)  # matplotlib's own canvas: no glyph cache
+    for chart in charts:
+        ours.paint(chart, "day")  # fills the caches
+    for chart in charts:
+        png = ours.paint(chart, "day")
+        monkeypatch.setattr(agg, "png", _savefig_png)
+        want = theirs.paint(chart, "day")
+        monkeypatch.undo()
+        got = np.asarray(Image.open(io.BytesIO(png)))
+        assert got.shape == (ours.height, ours.width, 3)
+        assert np.array_equal(got, np.asarray(Image.open(io.BytesIO(want)).convert("RGB"))), chart.title
+    renderer = ours._fig.canvas.get_renderer()
+    assert isinstance(renderer, agg.CachedRenderer)
+    assert not agg._FAST or renderer._glyphs  # the cache was used (where this matplotlib allows it)
+
+
+def _savefig_png(canvas, level: int = 3) -> bytes:
+    """matplotlib's own PNG of the figure (RGBA through Pillow)."""
+    import io
+
+    buf = io.BytesIO()
+    canvas.figure.savefig(buf, format="png", dpi=canvas.figure.dpi, facecolor=canvas.figure.get_facecolor())
+    return buf.getvalue()

@@ -15,7 +15,7 @@ PACKAGE = os.path.join(ROOT, "graphs")
 # (the daemon and `ctxmon graph` hand the renderer its settings).
 PURE = ("graphs", "graphs.data", "graphs.plan", "graphs.charts", "graphs.paint", "graphs.legend",
         "graphs.html", "graphs.run", "graphs.alertstate", "graphs.settings", "graphs.worker",
-        "graphs.client", "graphs.render", "graphs.__main__")
+        "graphs.client", "graphs.render", "graphs.__main__", "graphs.agg")
 
 
 def imports_of(path: str, module: str) -> set[str]:
