@@ -27,13 +27,11 @@ machine is shared, so compare the two columns of one run, not runs.
 from __future__ import annotations
 
 import argparse
-import base64
 import http.client
 import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -43,27 +41,18 @@ import threading
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+# The attackers are the ones tests/test_http_attacks.py runs (one module for both).
+from daemonproc import free_port  # noqa: E402
+from httpclients import (attacker_address, basic, flood, guess, make_certificate,  # noqa: E402
+                         rss_kib, slowloris, stall_tls)
+
 PASSWORD = "bench-scrape-secret"
-HEADER = b"X-Flood: " + b"a" * (64 * 1024 - 11) + b"\r\n"
-HELLO_START = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    return rss_kib(pid) / 1024
 
 
 # --------------------------------------------------------------------------- daemon
@@ -135,75 +124,24 @@ def scrape(d: Daemon, timeout: float = 5.0) -> float | None:
 # (in a child process, so their threads do not take the scraper's GIL)
 
 
-def _connect(i: int, port: int, timeout: float = 5.0) -> socket.socket:
-    s = socket.socket()
-    s.settimeout(timeout)
-    s.bind((f"127.0.{i // 250}.{i % 250 + 2}", 0))
-    s.connect(("127.0.0.1", port))
-    return s
-
-
 def _flood(i, port, stop):
-    while not stop.is_set():
-        try:
-            with _connect(i, port) as s:
-                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
-                for _ in range(99):
-                    if stop.is_set():
-                        break
-                    s.sendall(HEADER)
-                stop.wait(1)
-        except OSError:
-            pass
-        stop.wait(0.5)
+    flood(attacker_address(i), port, stop)
 
 
 def _slowloris(i, port, stop):
-    while not stop.is_set():
-        try:
-            with _connect(i % 20, port) as s:
-                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
-                s.settimeout(0.5)
-                while not stop.is_set():
-                    s.send(b"X")
-                    try:
-                        if s.recv(4096) == b"":
-                            break
-                    except (TimeoutError, socket.timeout):
-                        pass
-        except OSError:
-            stop.wait(0.05)
+    slowloris(attacker_address(i % 20), port, stop)
 
 
 def _tls_stall(i, port, stop):
-    while not stop.is_set():
-        try:
-            with _connect(i, port) as s:
-                s.sendall(HELLO_START)
-                s.settimeout(0.5)
-                while not stop.is_set():
-                    try:
-                        if s.recv(4096) == b"":
-                            break
-                    except (TimeoutError, socket.timeout):
-                        pass
-        except OSError:
-            stop.wait(0.05)
+    stall_tls(attacker_address(i), port, stop)
 
 
 def _guess(i, port, stop):
     n = 0
     while not stop.is_set():
         n += 1
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10,
-                                          source_address=(f"127.0.0.{i + 2}", 0))
-        try:
-            conn.request("GET", "/metrics", headers={"Authorization": basic("prom", f"g{i}-{n}")})
-            conn.getresponse().read()
-        except (OSError, http.client.HTTPException):
+        if not isinstance(guess(attacker_address(i), port, f"g{i}-{n}"), int):
             stop.wait(0.05)
-        finally:
-            conn.close()
 
 
 ATTACKS = {"flood": (_flood, 120), "slowloris": (_slowloris, 200), "tls": (_tls_stall, 140),
@@ -289,14 +227,6 @@ def baseline_tree(rev: str, workdir: str) -> str:
     return tree
 
 
-def certificate(workdir: str) -> tuple[str, str]:
-    cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", key, "-out", cert], check=True, capture_output=True)
-    return cert, key
-
-
 def fmt(r: dict) -> str:
     return f"{r['ok']:6.1%} {r['p50']:8.1f} {r['p99']:8.1f}"
 
@@ -316,7 +246,7 @@ def main() -> int:
     workdir = tempfile.mkdtemp(prefix="ctxmon-http-bench-")
     try:
         trees = {"before": baseline_tree(args.baseline, workdir), "after": ROOT}
-        tls = certificate(workdir)
+        tls = make_certificate(workdir)
         plan = [  # (scenario, daemon kind, attack)
             ("idle", "plain", None), ("flood", "plain", "flood"),
             ("slowloris", "plain", "slowloris"), ("idle (TLS)", "tls", None),

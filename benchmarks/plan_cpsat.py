@@ -25,6 +25,10 @@ from ortools.sat.python import cp_model
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+# The tests' instances and exhaustive optimum (one module for both).
+from planchecks import exhaustive_hosts, random_instance  # noqa: E402
 
 from planner.model import Demand, GiB, Host, Problem, Targets, percentile_index  # noqa: E402
 from planner.place import optimise  # noqa: E402
@@ -59,51 +63,6 @@ def cpsat(problem: Problem, tg: Targets, limit: float) -> tuple[int | None, str]
     status = solver.Solve(m)
     found = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
     return (int(solver.ObjectiveValue()) if found else None), solver.StatusName(status)
-
-
-def random_instance(rng, n: int, nhosts: int, points: int = 96) -> Problem:
-    """As tests/test_plan.py makes them: daily sine bursts at random hours."""
-    t = np.arange(points)
-    hosts = [Host(f"h{j}", float(rng.choice([4, 4, 8, 8])), float(rng.choice([8, 16, 32])) * GiB)
-             for j in range(nhosts)]
-    contexts = []
-    for i in range(n):
-        base, amp, phase = rng.uniform(0.05, 1.0), rng.uniform(0, 2.0), rng.uniform(0, points)
-        cpu = (base + amp * np.maximum(0, np.sin(2 * np.pi * (t - phase) / points)) ** 3
-               + rng.uniform(0, 0.2, points))
-        mem = np.full(points, rng.uniform(0.5, 12) * GiB)
-        contexts.append(Demand(f"c{i}", f"h{rng.integers(nhosts)}", cpu, mem, points * 900.0))
-    return Problem(0, 900, hosts, contexts)
-
-
-def exhaustive_hosts(problem: Problem, tg: Targets) -> int | None:
-    """Fewest hosts over all assignments, depth first (a host that fails prunes)."""
-    k = percentile_index(problem.points, tg.percentile)
-    groups: list[list[int]] = [[] for _ in problem.hosts]
-    best: list[int | None] = [None]
-
-    def ok(h: int) -> bool:
-        host = problem.hosts[h]
-        total = np.sum([problem.contexts[i].cpu for i in groups[h]], axis=0)
-        mem = sum(problem.contexts[i].memory_peak for i in groups[h])
-        return bool(np.sort(total)[k] <= tg.cpu_target * host.cpus * (1 + 1e-9)
-                    and total.max() <= host.cpus * (1 + 1e-9)
-                    and mem <= tg.mem_target * host.memory_bytes * (1 + 1e-9))
-
-    def dfs(i: int, used: int) -> None:
-        if best[0] is not None and used >= best[0]:
-            return
-        if i == len(problem.contexts):
-            best[0] = used
-            return
-        for h in range(len(problem.hosts)):
-            groups[h].append(i)
-            if ok(h):
-                dfs(i + 1, used + (len(groups[h]) == 1))
-            groups[h].pop()
-
-    dfs(0, 0)
-    return best[0]
 
 
 def small_instances(count: int):

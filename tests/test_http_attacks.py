@@ -7,7 +7,6 @@ scraper's p50/p99 under each attack are measured in benchmarks/http_bench.py.
 
 from __future__ import annotations
 
-import base64
 import http.client
 import logging
 import os
@@ -20,6 +19,8 @@ import time
 
 import pytest
 from daemonproc import free_port
+from httpclients import (attacker_address, basic, connect_from, flood, guess, hold,
+                         make_certificate, rss_kib, stall_tls)
 from test_faults import toml_str, vserver_tree, write_config
 
 from exporters.http import HEAD_LIMIT, BasicAuth, LoginThrottle, MetricsServer, client_key
@@ -27,33 +28,6 @@ from exporters.http import HEAD_LIMIT, BasicAuth, LoginThrottle, MetricsServer, 
 bcrypt = pytest.importorskip("bcrypt")
 
 PASSWORD = "scrape-me-9f8e7d"
-
-
-def attacker_address(i: int) -> str:
-    """127.0.0.2, 127.0.0.3 ... (the scraper is 127.0.0.1)."""
-    assert 0 <= i < 250
-    return f"127.0.0.{i + 2}"
-
-
-def connect_from(addr: str, port: int, timeout: float = 5.0) -> socket.socket:
-    s = socket.socket()
-    s.settimeout(timeout)
-    s.bind((addr, 0))
-    s.connect(("127.0.0.1", port))
-    return s
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-def basic(user: str, password: str | bytes) -> str:
-    raw = password if isinstance(password, bytes) else password.encode()
-    return "Basic " + base64.b64encode(user.encode() + b":" + raw).decode()
 
 
 def config(tmp_path, port: int, exporter: str = "") -> str:
@@ -67,15 +41,7 @@ def config(tmp_path, port: int, exporter: str = "") -> str:
 def certificate(tmp_path_factory):
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
-    return str(cert), str(key)
+    return make_certificate(str(tmp_path_factory.mktemp("tls")))
 
 
 class Scraper(threading.Thread):
@@ -140,9 +106,6 @@ def run_attack(attack, n: int, seconds: float) -> list[threading.Thread]:
 
 # --------------------------------------------------------------------------- header flood
 
-HEADER = b"X-Flood: " + b"a" * (64 * 1024 - 11) + b"\r\n"  # a 64 KB header line
-
-
 def test_header_flood_of_120_clients_costs_under_20_mb_and_it_comes_back(tmp_path, daemons):
     d = daemons(config(tmp_path, free_port()), tmp_path / "daemon.log")
     d.wait_for_metrics()
@@ -158,28 +121,12 @@ def test_header_flood_of_120_clients_costs_under_20_mb_and_it_comes_back(tmp_pat
         while not stop_sampling.wait(0.02):
             peak[0] = max(peak[0], rss_kib(d.proc.pid))
 
-    def flood(i: int, stop: threading.Event):
-        # 99 headers of 64 KB each, the connection held open; again 0.5 s after the
-        # server hangs up.
-        while not stop.is_set():
-            try:
-                with connect_from(attacker_address(i), d.port) as s:
-                    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
-                    for _ in range(99):
-                        if stop.is_set():
-                            break
-                        s.sendall(HEADER)
-                        sent[0] += len(HEADER)
-                    stop.wait(1)
-            except OSError:
-                pass
-            stop.wait(0.5)
-
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     scraper = Scraper(d.port, pause=0.2, timeout=5)
     scraper.start()
-    run_attack(flood, 120, 8)
+    # 99 headers of 64 KB each, held open; again 0.5 s after the server hangs up
+    run_attack(lambda i, stop: flood(attacker_address(i), d.port, stop, sent), 120, 8)
     success = scraper.finish()
     # Back down once the attack is over (freed memory returned to the system).
     deadline = time.monotonic() + 10
@@ -284,14 +231,7 @@ def test_200_reconnecting_slowloris_clients_leave_the_scraper_95_percent(tmp_pat
                 most_open[0] = max(most_open[0], open_now[0])
             try:
                 s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
-                s.settimeout(0.5)
-                while not stop.is_set():
-                    s.send(b"X")
-                    try:
-                        if s.recv(4096) == b"":
-                            break
-                    except (TimeoutError, socket.timeout):
-                        pass
+                hold(s, stop, b"X")
                 if not stop.is_set():
                     lifetimes.append(time.monotonic() - opened)
             except OSError:
@@ -322,26 +262,10 @@ def test_140_stalled_tls_hellos_leave_the_scraper_95_percent(tmp_path, daemons, 
     d.wait_for_log("serving metrics on https://")
     held = [0]
 
-    def stall(i: int, stop: threading.Event):
-        # The start of a ClientHello, never finished; again when the server hangs up.
-        while not stop.is_set():
-            try:
-                with connect_from(attacker_address(i), port) as s:
-                    s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
-                    held[0] += 1
-                    s.settimeout(0.5)
-                    while not stop.is_set():
-                        try:
-                            if s.recv(4096) == b"":
-                                break
-                        except (TimeoutError, socket.timeout):
-                            pass
-            except OSError:
-                stop.wait(0.05)
-
     scraper = Scraper(port, tls=tls)
     scraper.start()
-    run_attack(stall, 140, 9)
+    # the start of a ClientHello, never finished; again when the server hangs up
+    run_attack(lambda i, stop: stall_tls(attacker_address(i), port, stop, held), 140, 9)
     success = scraper.finish()
     print(f"TLS stall: {held[0]} stalled hellos; scrapes {success:.1%}"
           f" ({scraper.ok} ok, {len(scraper.failed)} failed)")
@@ -421,20 +345,11 @@ def test_32_guessers_are_throttled_and_password_checks_take_at_most_half_a_core(
     statuses: dict[int, int] = {}
     lock = threading.Lock()
 
-    def guess(i: int, stop: threading.Event):
+    def guesser(i: int, stop: threading.Event):
         n = 0
         while not stop.is_set():
             n += 1
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10,
-                                              source_address=(attacker_address(i), 0))
-            try:
-                conn.request("GET", "/metrics",
-                             headers={"Authorization": basic("prom", f"guess-{i}-{n}")})
-                status = conn.getresponse().status
-            except (OSError, http.client.HTTPException) as e:
-                status = type(e).__name__
-            finally:
-                conn.close()
+            status = guess(attacker_address(i), port, f"guess-{i}-{n}")
             with lock:
                 statuses[status] = statuses.get(status, 0) + 1
 
@@ -445,7 +360,7 @@ def test_32_guessers_are_throttled_and_password_checks_take_at_most_half_a_core(
 
     scraper.start()
     cpu0, t0 = cpu(), time.monotonic()
-    run_attack(guess, 32, 8)
+    run_attack(guesser, 32, 8)
     share = (cpu() - cpu0) / (time.monotonic() - t0)
     success = scraper.finish()
     failed_lines = [ln for ln in d.text().splitlines() if "failed basic auth login" in ln]

@@ -14,13 +14,14 @@ import os
 import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import prometheus_client
 import pytest
+from httpclients import basic as basic_header
+from httpclients import make_certificate
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector.snapshot import (
@@ -510,15 +511,7 @@ def certificate(tmp_path_factory):
     """A throwaway self-signed certificate for 127.0.0.1 made with the openssl CLI."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
-    return str(cert), str(key)
+    return make_certificate(str(tmp_path_factory.mktemp("tls")))
 
 
 def client_context(cert: str) -> ssl.SSLContext:
@@ -527,8 +520,7 @@ def client_context(cert: str) -> ssl.SSLContext:
 
 
 def basic(user: str, password: str | bytes) -> dict:
-    raw = password if isinstance(password, bytes) else password.encode()
-    return {"Authorization": "Basic " + base64.b64encode(user.encode() + b":" + raw).decode()}
+    return {"Authorization": basic_header(user, password)}
 
 
 @pytest.fixture(scope="module")

@@ -25,34 +25,11 @@ from alerts.model import (
 )
 
 from .loader import format_duration, load_config, parse_duration
-from .schema import (
-    DEFAULT_INTERVAL,
-    DEFAULT_LISTEN,
-    LIMITS,
-    RULE_KEYS,
-    CollectorConfig,
-    Config,
-    ConfigError,
-    DaemonConfig,
-    ExporterConfig,
-    GraphsConfig,
-    LogConfig,
-    RrdConfig,
-    Rule,
-    TrafficConfig,
-    config_from_json,
-    config_to_json,
-    default_config,
-    parse_listen,
-    toml_keys,
-)
+from . import schema
+from .schema import *  # noqa: F403 (the schema's public names: its __all__)
 from .tomlmap import _LineIndex  # noqa: F401 (tests check the line mapping)
 
 __all__ = [
-    "ALERT_METRICS", "AlertOverride", "AlertRule", "AlertsConfig", "CollectorConfig", "Config",
-    "ConfigError", "DEFAULT_INTERVAL", "DEFAULT_LISTEN", "DaemonConfig", "ExporterConfig",
-    "GraphsConfig", "LIMITS", "Level", "LogConfig", "RULE_KEYS", "RrdConfig", "Rule",
-    "TrafficConfig", "config_from_json", "config_to_json", "default_config", "format_duration",
-    "load_config", "parse_duration", "parse_listen", "rule_levels", "severity_levels",
-    "toml_keys",
+    "ALERT_METRICS", "AlertOverride", "AlertRule", "AlertsConfig", "Level", "format_duration",
+    "load_config", "parse_duration", "rule_levels", "severity_levels", *schema.__all__,
 ]

@@ -18,6 +18,14 @@ from ctxmon.errors import ConfigError, _one_line  # noqa: F401 (re-exported)
 from exporters.addresses import parse_listen as _parse_listen
 from exporters.passwords import BCRYPT_COSTS  # noqa: F401 (one range, shared)
 
+# What `ctxmon.config` re-exports (the package imports these by this list).
+__all__ = [
+    "DEFAULT_INTERVAL", "DEFAULT_LISTEN", "LIMITS", "RULE_KEYS", "CollectorConfig", "Config",
+    "ConfigError", "DaemonConfig", "ExporterConfig", "GraphsConfig", "LogConfig", "RrdConfig",
+    "Rule", "TrafficConfig", "config_from_json", "config_to_json", "default_config",
+    "parse_listen", "toml_keys",
+]
+
 SOURCES = ("auto", "vserver", "cgroup")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_INTERVAL = 60.0
