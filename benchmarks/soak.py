@@ -30,7 +30,6 @@ Run as root (it makes cgroups):
 from __future__ import annotations
 
 import argparse
-import errno
 from array import array
 import gc
 import json
@@ -63,6 +62,7 @@ from ctxmon.daemon import Daemon  # noqa: E402
 from exporters.names import encode_name  # noqa: E402
 from exporters.rrd import ARCHIVE_DIR, rrd_path  # noqa: E402
 from exporters.rrdlayout import context_file_name  # noqa: E402
+from cgroups import rmdir_cgroup, v2_mount  # noqa: E402
 from soakchecks import STEP, check_rrd, check_series, fd_census, steady_fds  # noqa: E402,F401
 
 PREFIX = "ctxmon-soak-"
@@ -71,10 +71,13 @@ PREFIX = "ctxmon-soak-"
 ALWAYS_KINDS = tuple(k.name for k in FILE_KINDS if k.scope == "context" and k.present is None)
 
 # A scraper: GET /metrics in a loop on fresh connections until SIGTERM, then print
-# its counts. A minimal interpreter (-S), so ten of them cost little memory.
+# its counts. A minimal interpreter (-S), so ten of them cost little memory. It also
+# ends when the soak is gone (its parent changed: the soak was SIGKILLed, say by a
+# test's timeout, and no `finally` ran), rather than hammer a dead port for good.
 SCRAPER = r"""
-import http.client, json, signal, sys, time
+import http.client, json, os, signal, sys, time
 port, pause = int(sys.argv[1]), float(sys.argv[2])
+parent = os.getppid()
 stop = False
 def on_term(*_):
     global stop
@@ -83,6 +86,8 @@ signal.signal(signal.SIGTERM, on_term)
 ok = bad = n = 0
 print("ready", flush=True)
 while not stop:
+    if os.getppid() != parent:
+        sys.exit(3)
     n += 1
     try:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -250,24 +255,15 @@ class Cgroup:
                 p.kill()
             p.wait()
         self.procs.clear()
-        for _ in range(500):  # busy for a moment after its last process is reaped
-            try:
-                os.rmdir(self.path)
-                return
-            except FileNotFoundError:
-                return
-            except OSError as e:
-                if e.errno != errno.EBUSY:
-                    raise
-                time.sleep(0.01)
-        raise RuntimeError(f"{self.path}: still busy")
+        rmdir_cgroup(self.path, limit=5.0)  # busy for a moment after its last process
 
 
 # -------------------------------------------------------------------------- scrapers
 
 
-def start_scrapers(n: int, port: int, pause: float) -> list[subprocess.Popen]:
-    procs = []
+def start_scrapers(n: int, port: int, pause: float, procs: list[subprocess.Popen]) -> None:
+    """Start `n` scrapers into `procs` (the caller's list, so that the caller's
+    `finally` also stops the ones started before one failed)."""
     for _ in range(n):
         p = subprocess.Popen([sys.executable, "-S", "-c", SCRAPER, str(port), str(pause)],
                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, close_fds=True)
@@ -275,17 +271,18 @@ def start_scrapers(n: int, port: int, pause: float) -> list[subprocess.Popen]:
     for p in procs:
         if p.stdout.readline().strip() != b"ready":
             raise RuntimeError("a scraper did not start")
-    return procs
 
 
-def stop_scrapers(procs: list[subprocess.Popen]) -> tuple[int, int]:
+def stop_scrapers(procs: list[subprocess.Popen], wait: float = 60.0) -> tuple[int, int]:
+    """SIGTERM each scraper and collect its counts; one that does not end within
+    `wait` seconds is killed. Every one is reaped when this returns."""
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
     ok = bad = 0
     for p in procs:
         try:
-            out, _ = p.communicate(timeout=60)
+            out, _ = p.communicate(timeout=wait)
             counts = json.loads(out.decode().strip().splitlines()[-1])
             ok += counts["ok"]
             bad += counts["bad"]
@@ -327,7 +324,6 @@ def run_soak(polls: int = 10_000, warmup: int | None = None, scrapers: int = 10,
              workdir: str | None = None, progress=None) -> SoakResult:
     """Run the soak (see the module doc) and return its figures. Needs root and a
     writable cgroup v2 hierarchy; everything made is removed at the end."""
-    from cgroups import v2_mount  # tests/cgroups.py
 
     root = v2_mount()
     if root is None:
@@ -375,7 +371,7 @@ def run_soak(polls: int = 10_000, warmup: int | None = None, scrapers: int = 10,
         daemon = Daemon(cfg, clock=clock)
         sampler, sink, server = daemon.sampler, daemon.rrd, daemon.server
         server.start()
-        scraper_procs = start_scrapers(scrapers, server.port, scrape_pause)
+        start_scrapers(scrapers, server.port, scrape_pause, scraper_procs)
 
         # This process's own records are made up front, so that they do not grow while
         # its RSS is watched: every name a context of ours will have, and its slot.
@@ -478,8 +474,11 @@ def run_soak(polls: int = 10_000, warmup: int | None = None, scrapers: int = 10,
                 res.rrd_unknown.append(problem)
         return res
     finally:
+        # Also on an error, Ctrl-C or SIGTERM (main turns it into SystemExit): no
+        # scraper outlives the soak. A SIGKILLed soak runs no finally; its scrapers
+        # end themselves when their parent is gone (see SCRAPER).
         if scraper_procs:
-            stop_scrapers(scraper_procs)
+            stop_scrapers(scraper_procs, wait=5.0)
         if server is not None:
             server.stop()
         if sink is not None:
@@ -538,6 +537,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         p.error("run as root: the soak makes cgroups")
+
+    def on_term(signum, _frame):  # SIGTERM (a test's time limit, kill): clean up first
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
 
     def progress(r: SoakResult) -> None:
         print(f"  {r.polls} polls, {r.contexts_churned} contexts churned", file=sys.stderr)

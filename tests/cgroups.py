@@ -65,6 +65,22 @@ def _join_cgroup(procs_file: str) -> None:
         os.close(fd)
 
 
+def rmdir_cgroup(path: str, limit: float = 10.0) -> None:
+    """rmdir an emptied cgroup (gone already is fine): the kernel may call it busy for
+    a moment after its last process exits. OSError if it stays busy past `limit` s."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class LiveCgroup:
     """One test cgroup: `rel` is its path relative to the v2 root, `path` absolute."""
 
@@ -152,19 +168,10 @@ class CgroupFactory:
                 for stream in (p.stdin, p.stdout, p.stderr):
                     if stream is not None:
                         stream.close()
-            for _ in range(100):  # a cgroup may stay busy a moment after its last exit
-                try:
-                    os.rmdir(cg.path)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as e:
-                    if e.errno != errno.EBUSY:
-                        problems.append(f"rmdir {cg.path}: {e.strerror}")
-                        break
-                    time.sleep(0.02)
-            else:
-                problems.append(f"rmdir {cg.path}: still busy")
+            try:
+                rmdir_cgroup(cg.path, limit=2.0)
+            except OSError as e:
+                problems.append(f"rmdir {cg.path}: {e.strerror}")
         self.made.clear()
         if problems:
             raise RuntimeError("test cgroup cleanup: " + "; ".join(problems))

@@ -7,7 +7,6 @@ every second, as it would two hosts.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 import re
 import subprocess
@@ -16,6 +15,7 @@ import time
 import urllib.request
 
 import pytest
+from cgroups import rmdir_cgroup
 from daemonproc import Daemon, write_config
 from prometheus_client.parser import text_string_to_metric_families
 from promserver import PrometheusError, PrometheusServer, find_binary
@@ -67,21 +67,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def remove_cgroup(path: str) -> None:
-    """rmdir an emptied cgroup; the kernel may call it busy for a moment after the exit."""
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            os.rmdir(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            if e.errno != errno.EBUSY or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
 
 
 def _context_label(daemon: Daemon, cgroup_rel: str) -> str | None:
@@ -147,7 +132,7 @@ def test_series_exist_cpu_rate_matches_a_burning_cgroup_and_departed_contexts_go
 
     # The burner exits and its cgroup goes: the series are stale at the next scrapes.
     cg.kill_all()
-    remove_cgroup(cg.path)
+    rmdir_cgroup(cg.path)
     cgroup_factory.made.remove(cg)  # removed here already: nothing left to clean up
     prom.wait_for_absent(f"ctxmon_context_processes{{{sel}}}", timeout=15)
     assert prom.query(f"ctxmon_context_cpu_seconds_total{{{sel}}}") == []

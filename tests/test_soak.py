@@ -11,17 +11,78 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import soakchecks as soak
+from factories import wait_until
 
 import cgroups
 from collector.snapshot import ContextSample, Snapshot
 from exporters.rrd import RrdSink, rrd_path
 
 SOAK = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "soak.py")
+PREFIX = "ctxmon-soak-"  # benchmarks/soak.py's cgroups
+
+
+def run_soak(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """benchmarks/soak.py ARGS; past `timeout` it gets SIGTERM (its cleanup runs:
+    scrapers, cgroups), and SIGKILL only if that takes more than 30 s."""
+    p = subprocess.Popen([sys.executable, SOAK, *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.terminate()
+        try:
+            p.communicate(timeout=30)
+        finally:
+            p.kill()
+            p.wait()
+        raise
+    finally:
+        if p.poll() is None:  # pytest interrupted us
+            p.terminate()
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def scrapers_of(pid: int) -> list[int]:
+    """The soak's scraper processes: its children running `python -S -c` (live, not
+    zombies)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != b"Z" and argv[1:3] == [b"-S", b"-c"]:
+            out.append(int(name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """A scraper still running: there, not a zombie, and still a `python -S -c`."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return state != b"Z" and argv[1:3] == [b"-S", b"-c"]
 
 
 def _ctx(name: str, k: int) -> ContextSample:
@@ -70,10 +131,9 @@ def test_300_polls_with_churn_and_10_scrapers_hold(tmp_path):
     reason = cgroups.unavailable_reason()
     if reason:
         pytest.skip(reason)
-    run = subprocess.run(
-        [sys.executable, SOAK, "--polls", "300", "--warmup", "100", "--scrapers", "10",
-         "--churn-every", "10", "--live", "8", "--workdir", str(tmp_path), "--json"],
-        capture_output=True, text=True, timeout=600)
+    run = run_soak(["--polls", "300", "--warmup", "100", "--scrapers", "10",
+                    "--churn-every", "10", "--live", "8", "--workdir", str(tmp_path), "--json"],
+                   timeout=600)
     out = run.stdout
     print(out, run.stderr[-2000:])
     report = out[:out.index("\n{")]
@@ -93,3 +153,52 @@ def test_300_polls_with_churn_and_10_scrapers_hold(tmp_path):
     assert r["rrd_files_checked"] >= 3 * 32
     assert r["rrd_unknown"] == [] and r["rrd_write_errors"] == 0
     assert r["problems"] == [] and run.returncode == 0, report
+
+
+def _remove_soak_cgroups(root: str, keep: set[str]) -> list[str]:
+    """Kill and remove the soak cgroups not in `keep` (a SIGKILLed soak's); their names."""
+    left = sorted(d for d in os.listdir(root) if d.startswith(PREFIX) and d not in keep)
+    for d in left:
+        cgroups.LiveCgroup(root, d).kill_all()
+        cgroups.rmdir_cgroup(os.path.join(root, d))
+    return left
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_no_scraper_outlives_an_interrupted_soak(tmp_path, how):
+    """A soak stopped early (a test's time limit: SIGTERM, or SIGKILL after it) leaves
+    no scraper running: on SIGTERM its cleanup stops them and removes its cgroups; a
+    SIGKILLed soak runs no cleanup, and its scrapers end by themselves."""
+    reason = cgroups.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    root = cgroups.v2_mount()
+    before = {d for d in os.listdir(root) if d.startswith(PREFIX)}
+    p = subprocess.Popen([sys.executable, SOAK, "--polls", "1000000", "--warmup", "100",
+                          "--scrapers", "3", "--workdir", str(tmp_path)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    scrapers: list[int] = []
+    try:
+        def three() -> list[int] | None:
+            found = scrapers_of(p.pid)
+            return found if len(found) == 3 else None
+
+        scrapers = wait_until(three, "the soak's 3 scrapers", limit=60)
+        time.sleep(0.5)  # some polls and scrapes under way
+        p.send_signal(getattr(signal, how))
+        assert p.wait(30) == (128 + signal.SIGTERM if how == "SIGTERM" else -signal.SIGKILL)
+        wait_until(lambda: not any(alive(pid) for pid in scrapers), "the scrapers to end",
+                   limit=15)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        for pid in scrapers:  # only if the test failed: leave nothing behind
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        left = _remove_soak_cgroups(root, before)
+    if how == "SIGTERM":
+        assert left == []  # the soak's own cleanup removed its cgroups
+    else:
+        assert left  # the check above did have something to clean up
