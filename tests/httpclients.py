@@ -33,6 +33,17 @@ def connect_from(addr: str, port: int, timeout: float = 5.0) -> socket.socket:
     return s
 
 
+def exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send `data` raw on a new connection, end our side, and return all the reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+        return reply
+
+
 def basic(user: str, password: str | bytes) -> str:
     raw = password if isinstance(password, bytes) else password.encode()
     return "Basic " + base64.b64encode(user.encode() + b":" + raw).decode()

@@ -11,7 +11,6 @@ import http.client
 import logging
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import threading
@@ -19,7 +18,7 @@ import time
 
 import pytest
 from daemonproc import free_port
-from httpclients import (attacker_address, basic, connect_from, flood, guess, hold,
+from httpclients import (attacker_address, basic, connect_from, exchange, flood, guess, hold,
                          make_certificate, rss_kib, stall_tls)
 from test_faults import toml_str, vserver_tree, write_config
 
@@ -148,23 +147,14 @@ def test_head_bound_is_64_kib_in_all_and_over_it_is_431(tmp_path):
     srv = MetricsServer("127.0.0.1:0", registry=_registry())
     srv.start()
     try:
-        def exchange(data: bytes) -> bytes:
-            with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
-                s.sendall(data)
-                s.shutdown(socket.SHUT_WR)
-                reply = b""
-                while chunk := s.recv(65536):
-                    reply += chunk
-                return reply
-
         # 60 headers of 1.2 KB: each line short, fewer than 100, but 72 KB in all
         many = b"GET /metrics HTTP/1.0\r\n" + (b"X-Part: " + b"p" * 1200 + b"\r\n") * 60 + b"\r\n"
         assert len(many) > HEAD_LIMIT
-        assert exchange(many).startswith(b"HTTP/1.0 431 ")
+        assert exchange(srv.port, many).startswith(b"HTTP/1.0 431 ")
         # just under the bound is served
         fits = b"GET /metrics HTTP/1.0\r\n" + (b"X-Part: " + b"p" * 1200 + b"\r\n") * 50 + b"\r\n"
         assert len(fits) < HEAD_LIMIT
-        assert exchange(fits).startswith(b"HTTP/1.0 200 ")
+        assert exchange(srv.port, fits).startswith(b"HTTP/1.0 200 ")
     finally:
         srv.stop()
 

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import prometheus_client
 import pytest
 from httpclients import basic as basic_header
-from httpclients import make_certificate
+from httpclients import exchange, make_certificate
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector.snapshot import (
@@ -619,15 +619,10 @@ def test_garbage_clients_get_an_error_and_the_server_goes_on(serve):
                  b"GET /metrics HTTP/1.0\r\nX: " + b"b" * 70000 + b"\r\n\r\n",  # header too long
                  b"GET /metrics HTTP/1.0\r\n" + b"X-A: 1\r\n" * 200 + b"\r\n",  # too many
                  b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"):  # TLS to a plain port
-        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
-            s.sendall(junk)
-            s.shutdown(socket.SHUT_WR)
-            reply = b""
-            while chunk := s.recv(65536):
-                reply += chunk
-            assert b"ctxmon_" not in reply
-            if reply:
-                assert reply.split()[1][:1] == b"4", reply[:80]  # a 4xx, never a 5xx
+        reply = exchange(srv.port, junk)
+        assert b"ctxmon_" not in reply
+        if reply:
+            assert reply.split()[1][:1] == b"4", reply[:80]  # a 4xx, never a 5xx
     assert get(srv, "/metrics")[0] == 200
 
 
