@@ -532,6 +532,8 @@ class CgroupSource(Source):
         self._files = HeldFiles(held_files_budget(), hold=live and bool(dirs) and _on_cgroupfs(dirs))
         self._plans: dict[str, _Plan] = {}  # context path -> its accounting files
         self._matches: dict[str, tuple[str, Rule, tuple[str, ...]] | None] = {}
+        self._idents: dict[str, ContextIdentity] = {}  # path -> its context, if fixed
+        self._procs_files: dict[str, HeldFile] = {}  # walked cgroup -> its cgroup.procs
         self._docker_names: dict[str, tuple[tuple[int, int], str | None]] = {}
 
     def _select(self, hierarchy: str) -> tuple[int | None, str | None, str | None]:
@@ -612,6 +614,7 @@ class CgroupSource(Source):
             del cache[k]
         for path in self._matches.keys() - idents.keys():
             del self._matches[path]
+            self._idents.pop(path, None)
         for path in self._plans.keys() - {i.key for i in groups}:
             del self._plans[path]  # a context gone (its files are swept next poll)
         return groups
@@ -628,11 +631,17 @@ class CgroupSource(Source):
             return out
         out: dict[int, str] = {}
         base = self.hierarchy_dir
-        read = self._files.read
+        files = self._procs_files
+        for rel in files.keys() - known:
+            del files[rel]
         for rel in list(known):
-            path = f"{base}/{rel}/cgroup.procs" if rel else f"{base}/cgroup.procs"
+            hf = files.get(rel)
+            if hf is None:
+                path = f"{base}/{rel}/cgroup.procs" if rel else f"{base}/cgroup.procs"
+                hf = files[rel] = self._files.file(path)
+            path = hf.path
             try:
-                pids = [int(x) for x in read(path).split()]
+                pids = list(map(int, hf.read().split()))
             except OSError as e:
                 known.discard(rel)
                 # A threaded cgroup refuses cgroup.procs (its processes are listed at
@@ -655,6 +664,7 @@ class CgroupSource(Source):
     def close(self) -> None:
         self._files.close()
         self._plans.clear()
+        self._procs_files.clear()
 
     def _read_pid_cgroup(self, pid: int, errors: ErrorCounts) -> str | None:
         """The pid's cgroup path in our hierarchy; None (host) when unreadable."""
@@ -675,20 +685,30 @@ class CgroupSource(Source):
         return found
 
     def _identity(self, path: str, errors: ErrorCounts) -> ContextIdentity:
+        ident = self._idents.get(path)
+        if ident is not None:
+            return ident
         if path not in self._matches:
             self._matches[path] = match_path(path, self.rules)
         m = self._matches[path]
         if m is None:
-            return HOST
-        prefix, rule, caps = m
-        name = None
-        if rule.lookup == "docker":
-            name = self._docker_name(caps[0], errors)
-        if not name:
-            name = rule.render(prefix, caps) or prefix
-        return ContextIdentity(
-            key=prefix, name=name, ctx_id=context_id(prefix), source=SOURCE_NAME, cgroup=prefix
-        )
+            ident = HOST
+        else:
+            prefix, rule, caps = m
+            name = None
+            if rule.lookup == "docker":
+                name = self._docker_name(caps[0], errors)
+            if not name:
+                name = rule.render(prefix, caps) or prefix
+            ident = ContextIdentity(
+                key=prefix, name=name, ctx_id=context_id(prefix), source=SOURCE_NAME,
+                cgroup=prefix
+            )
+            if rule.lookup == "docker":
+                return ident  # a container may be renamed: looked up each poll
+        # The rest depends on the path and the rules only: made once per path.
+        self._idents[path] = ident
+        return ident
 
     def _docker_name(self, cid: str, errors: ErrorCounts) -> str | None:
         """The container's name from Docker's config.v2.json, re-read when it changes."""
