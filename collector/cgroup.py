@@ -756,9 +756,15 @@ class CgroupSource(Source):
         path = ident.key
         if not path:
             return KernelAccounting()  # host: the sampler sums its processes
-        plan = self._plan(path)
+        plan = self._plans.get(path) or self._plan(path)
         f = plan.f
         get = self._get
+        held = self._files
+        # Which hierarchies have the memory and pids files is looked up in full once
+        # in a while (as often as a missing file is looked for again: HeldFiles'
+        # recheck_missing), and whenever a held file failed (a cgroup removed, maybe
+        # made again with other controllers); in between only those are read.
+        full = not held.hold or plan.epoch != held._epoch or held.clock() >= plan.until
         user = system = None
         # A cgroup gone since assign (or absent from the cpuacct hierarchy) just
         # reads as missing files: keep what there is.
@@ -770,13 +776,14 @@ class CgroupSource(Source):
             user, system = self._v1_cpu(plan, errors)
 
         limits: list[LimitRow] = []
-        figures: dict[str, float] = {}
-        v2 = self.v2_dir is not None
-        v1_memory = "memory" in self.v1_dirs
         memory = None
-        if v2:
-            current = get(f("v2/memory.current"), parse_int, errors)
-            if current is not None:
+        mem_at = ()
+        # v2's, else (v1, or a hybrid host's v1 memory controller) v1's
+        for where in (plan.all_memory if full else plan.memory):
+            if where == "v2/":
+                current = get(f("v2/memory.current"), parse_int, errors)
+                if current is None:
+                    continue
                 events = get(f("v2/memory.events"), parse_flat_keyed, errors) or {}
                 memory = LimitRow(
                     "memory", "bytes", current,
@@ -785,9 +792,10 @@ class CgroupSource(Source):
                     hard=get(f("v2/memory.max"), parse_limit, errors),
                     hits=events.get("max", 0),
                 )
-        if memory is None and v1_memory:  # v1, or a hybrid host's v1 memory controller
-            current = get(f("memory/memory.usage_in_bytes"), parse_int, errors)
-            if current is not None:
+            else:
+                current = get(f("memory/memory.usage_in_bytes"), parse_int, errors)
+                if current is None:
+                    continue
                 memory = LimitRow(
                     "memory", "bytes", current,
                     maximum=get(f("memory/memory.max_usage_in_bytes"), parse_int, errors),
@@ -795,10 +803,12 @@ class CgroupSource(Source):
                     hard=get(f("memory/memory.limit_in_bytes"), parse_v1_limit, errors),
                     hits=get(f("memory/memory.failcnt"), parse_int, errors) or 0,
                 )
-        if memory is not None:
+            mem_at = (where,)
             limits.append(memory)
+            break
         # v1's pids controller has the same files as v2's.
-        for where in plan.pids:
+        pids_at = ()
+        for where in (plan.all_pids if full else plan.pids):
             current = get(f(where + "pids.current"), parse_int, errors)
             if current is None:
                 continue
@@ -809,20 +819,27 @@ class CgroupSource(Source):
                 hard=get(f(where + "pids.max"), parse_limit, errors),
                 hits=events.get("max", 0),
             ))
+            pids_at = (where,)
             break
 
         # anon and file memory from memory.stat, of the controller memory is read from.
         # v2's figures include descendants; v1's `total_*` do (its plain rss/cache are
         # this cgroup's own only), as memory.usage_in_bytes does.
-        stat = None
-        if v2:
-            stat = get(f("v2/memory.stat"), _v2_memory_split, errors)
-        if stat is None and v1_memory:
-            stat = get(f("memory/memory.stat"), _v1_memory_split, errors)
-        if stat:
-            figures.update(stat)
-        if v2:
+        figures: dict[str, float] = {}
+        stat_at = ()
+        for where in (plan.all_memory if full else plan.memory_stat):
+            stat = get(f(where + "memory.stat"),
+                       _v2_memory_split if where == "v2/" else _v1_memory_split, errors)
+            if stat is not None:
+                figures.update(stat)
+                stat_at = (where,)
+                break
+        if self.v2_dir:
             self._pressure(plan, figures, errors)
+        if full:
+            plan.memory, plan.pids, plan.memory_stat = mem_at, pids_at, stat_at
+            plan.epoch = held._epoch
+            plan.until = held.clock() + held.recheck_missing
         return KernelAccounting(cpu_user_seconds=user, cpu_system_seconds=system,
                                 limits=tuple(limits), figures=figures)
 
@@ -877,13 +894,22 @@ class _Plan:
     """The held files of one cgroup context: `f("v2/cpu.stat")` is its cpu.stat in
     the cgroup2 hierarchy, `f("memory/memory.stat")` in the v1 memory one."""
 
-    __slots__ = ("held", "dirs", "files", "pids")
+    __slots__ = ("held", "dirs", "files", "all_memory", "all_pids", "memory", "pids",
+                 "memory_stat", "epoch", "until")
 
     def __init__(self, held: HeldFiles, dirs: dict[str, str]):
         self.held = held
         self.dirs = dirs
         self.files: dict[str, HeldFile] = {}
-        self.pids = tuple(w for w in ("v2/", "pids/") if w[:-1] in dirs)
+        # Where memory and pids files may be, in the order they are looked for, and
+        # where they were found at the last full look (until `until`, in `epoch`).
+        self.all_memory = tuple(w for w in ("v2/", "memory/") if w[:-1] in dirs)
+        self.all_pids = tuple(w for w in ("v2/", "pids/") if w[:-1] in dirs)
+        self.memory: tuple[str, ...] = ()
+        self.pids: tuple[str, ...] = ()
+        self.memory_stat: tuple[str, ...] = ()
+        self.epoch = -1
+        self.until = 0.0
 
     def f(self, name: str) -> HeldFile:
         hf = self.files.get(name)
