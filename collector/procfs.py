@@ -177,11 +177,15 @@ class ProcessScanner:
             max_open = max(0, soft - max(256, soft // 10) - soft // 4)
         self.max_open = max_open
         self._fds: dict[int, int] = {}
+        # pid -> (the stat bytes last read, their ProcStat): a process that did not
+        # change (most are asleep) is not parsed again.
+        self._last: dict[int, tuple[bytes, ProcStat]] = {}
 
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._last.clear()
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
@@ -203,6 +207,8 @@ class ProcessScanner:
         new = tuple.__new__
         procs: list[ProcStat] = []
         append = procs.append
+        last = self._last
+        seen: dict[int, tuple[bytes, ProcStat]] = {}
         errors = vanished = 0
         gc_was_enabled = gc.isenabled()
         gc.disable()
@@ -249,6 +255,11 @@ class ProcessScanner:
                     kept[pid] = fd
                 else:
                     os.close(fd)
+                hit = last.get(pid)
+                if hit is not None and hit[0] == data:
+                    append(hit[1])
+                    seen[pid] = hit
+                    continue
                 i = data.rfind(b")")
                 f = data[i + 2 :].split(None, 22)
                 try:
@@ -264,6 +275,7 @@ class ProcessScanner:
                     if x < 0 or x >> 63:
                         raise ValueError
                     append(p)
+                    seen[pid] = (data, p)
                 except (IndexError, ValueError):
                     errors += 1
                     try:
@@ -276,6 +288,7 @@ class ProcessScanner:
         for fd in fds.values():  # processes no longer listed
             os.close(fd)
         self._fds = kept
+        self._last = seen
         return ProcessScan(procs, errors, vanished)
 
 
