@@ -275,8 +275,9 @@ class ChartBuilder:
         g_start, g_step, n = grid
         # Ranked by what each did in this period; a context with no data in it is
         # neither shown nor counted in `other`.
-        active = [(name, values) for name, values in per_context if not math.isnan(mean_known(values))]
-        ranked = sorted(active, key=lambda cv: (-mean_known(cv[1]), cv[0]))
+        scored = [(m, cv) for cv in per_context if not math.isnan(m := mean_known(cv[1]))]
+        active = [cv for _, cv in scored]
+        ranked = [cv for _, cv in sorted(scored, key=lambda s: (-s[0], s[1][0]))]
         shown, rest = ranked[: self.top], ranked[self.top:]
         if len(rest) == 1:  # an `other` of one context is that context
             shown, rest = ranked, []
@@ -325,8 +326,9 @@ class ChartBuilder:
             return None
         g_start, g_step, n = grid
         # As the other host graphs: ranked by what they did, empty ones left out.
-        active = [c for c in per_context if not math.isnan(mean_known(add_series(c[1], c[2])))]
-        ranked = sorted(active, key=lambda c: (-mean_known(add_series(c[1], c[2])), c[0]))
+        scored = [(m, c) for c in per_context if not math.isnan(m := mean_known(add_series(c[1], c[2])))]
+        active = [c for _, c in scored]
+        ranked = [c for _, c in sorted(scored, key=lambda s: (-s[0], s[1][0]))]
         shown, rest = ranked[: self.top], ranked[self.top:]
         if len(rest) == 1:
             shown, rest = ranked, []

