@@ -286,6 +286,25 @@ class Painter:
             self._fig, self._ax = fig, ax
         return self._fig, self._ax
 
+    def warm(self) -> None:
+        """Draw one throw-away graph: matplotlib, its font and figure loaded and the
+        legend's characters in the glyph cache before the first graph anyone waits for
+        (the renderer worker calls this when it starts)."""
+        from .charts import Layer, LegendRow
+        from .legend import Stats
+
+        end = 86400 * 365
+        start, step = end - 86400, 300
+        n = 86400 // step
+        values = [float(i % 7) for i in range(n)]
+        digits = Stats(0.123456789, 9876.5, 45.0, 1e6)
+        legend = [LegendRow("abcdefghijklmnopqrstuvwxyz", "#3366CC", "area", digits),
+                  LegendRow("ABCDEFGHIJKLMNOPQRSTUVWXYZ-_.", "#FF6600", "line", digits)]
+        chart = Chart("warm up - by day", "units", start, end, start, step,
+                      [Layer("a", "#3366CC", values, "area"), Layer("b", "#FF6600", values, "line")],
+                      legend, 1000, end, True)
+        self.paint(chart, "day")
+
     def paint(self, chart: Chart, period: str) -> bytes:
         import numpy as np
         from matplotlib.patches import Rectangle

@@ -9,8 +9,9 @@ then one JSON request a line:
     {"id": 8, "op": "run", "budget": 150}
 
 and answers each with one JSON line on stdout, `{"id": 7, "ok": true, ...}` or
-`{"id": 7, "ok": false, "error": "..."}`. matplotlib is imported once, at the first
-graph, and kept with its figure, so a page costs the drawing only.
+`{"id": 7, "ok": false, "error": "..."}`. matplotlib is imported once, at start, and
+one throw-away graph drawn (figure, font and glyphs loaded), so a page costs the
+drawing only.
 
 A run (the host's graphs and pages, and the contexts with alerts) answers page
 requests between two graphs: a page asked for in a browser never waits for a whole
@@ -183,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m graphs: {e}", file=sys.stderr)
         return 2
     worker = Worker(settings, out)
+    try:  # warm before the first request: the first page someone waits for costs no more than the next
+        worker.graphs.painter.warm()
+    except Exception as e:  # a page drawn later would say the same; the worker serves on
+        log.warning("renderer: warming up failed: %s", e)
     threading.Thread(target=worker.read, args=(sys.stdin,), name="requests", daemon=True).start()
     try:
         return worker.loop()
