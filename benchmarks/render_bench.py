@@ -7,9 +7,10 @@
    next to librrd drawing the same chart (rrdtool.graph in the same process: DEF,
    CDEF x100, two stacked AREAs, GPRINT LAST/MINIMUM/AVERAGE/MAXIMUM) and the
    `rrdtool graph` command. Medians and the ratio.
-2. A never-drawn context's page through the renderer worker (the daemon's
-   graphs.client.Renderer, a real child process): wall time from request to reply,
-   the worker warm (matplotlib imported) and cold (the first request starts it).
+2. A never-drawn context's page through the real endpoint: ctxmon's HTTP server
+   (exporters.http) with the daemon's hook, graphs.client.Renderer and its worker (a
+   real child process): wall time of the HTML and of the HTML plus its three day PNGs
+   as a browser asks for them, the worker warm and cold (the first request starts it).
 3. Renderer CPU at N contexts over an hour of steps: N contexts' RRD files (step
    60 s, two hours of history), then 12 periodic runs (graphs interval 5 min), each
    after 5 more polls, as the daemon's worker does them (host graphs and pages, the
@@ -144,31 +145,57 @@ def many_contexts(root: str, n: int) -> tuple[str, Clock, RrdSink, list[str], in
 
 
 def page_latency(rrd_dir: str, graphs_dir: str, names: list[str], samples: int) -> dict:
+    """Never-drawn context pages through the real endpoint: ctxmon's HTTP server with
+    the daemon's hook (graphs.client.Renderer: the worker draws on request). A page
+    as a browser loads it: the HTML, then its day graphs (cpu, mem, tasks)."""
+    import urllib.request
+
+    from prometheus_client import CollectorRegistry
+
+    from exporters.http import MetricsServer
     from exporters.names import encode_name
     from graphs.client import Renderer
     from graphs.settings import RenderSettings
 
     settings = RenderSettings(rrd_dir=rrd_dir, rrd_step=STEP, graphs_dir=graphs_dir)
     r = Renderer(settings, page_timeout=120)
+    srv = MetricsServer("127.0.0.1:0", registry=CollectorRegistry(), graphs_dir=graphs_dir,
+                        graph_hook=r.on_request)
+    srv.start()
+    base = f"http://127.0.0.1:{srv.port}/graphs/ctx/"
+
+    def get(url: str) -> bytes:
+        with urllib.request.urlopen(url, timeout=120) as resp:
+            assert resp.status == 200, (url, resp.status)
+            return resp.read()
+
+    def load(name: str) -> tuple[float, float]:
+        """(seconds to the page's HTML, seconds to the HTML and its three day PNGs)."""
+        slug = urllib.request.quote(encode_name(name), safe="")
+        t0 = time.perf_counter()
+        page = get(base + slug + "/")
+        t_html = time.perf_counter() - t0
+        assert b"cpu-day.png" in page and b"being drawn" not in page, page[:300]
+        for kind in ("cpu", "mem", "tasks"):
+            assert get(f"{base}{slug}/{kind}-day.png").startswith(b"\x89PNG")
+        return t_html, time.perf_counter() - t0
+
     try:
-        t0 = time.perf_counter()
-        reply = r.page(encode_name(names[-1]), "day")
-        cold = time.perf_counter() - t0
-        assert reply.get("ok"), reply
-        warm = []
+        cold_html, cold = load(names[-1])  # the first request starts the worker
+        html_s, full_s = [], []
         for name in names[1: 1 + samples]:
-            t0 = time.perf_counter()
-            reply = r.page(encode_name(name), "day")
-            warm.append(time.perf_counter() - t0)
-            assert reply.get("ok") and reply.get("rendered", 0) >= 3, reply
+            h, f = load(name)
+            html_s.append(h)
+            full_s.append(f)
         t0 = time.perf_counter()
-        again = r.page(encode_name(names[1]), "day")
+        load(names[1])
         cached = time.perf_counter() - t0
-        assert again.get("ok") and again.get("rendered") == 0, again
+        assert r.stats["busy"] == 0 and r.stats["timeouts"] == 0, r.stats
     finally:
+        srv.stop()
         r.close()
-    return {"cold_s": cold, "warm_median_s": statistics.median(warm), "warm_max_s": max(warm),
-            "cached_s": cached}
+    return {"cold_s": cold, "cold_html_s": cold_html, "html_median_s": statistics.median(html_s),
+            "warm_median_s": statistics.median(full_s), "warm_max_s": max(full_s), "cached_s": cached}
 
 
 def hour_of_runs(rrd_dir: str, graphs_dir: str, clock: Clock, sink: RrdSink, names: list[str],
@@ -217,9 +244,10 @@ def main() -> int:
         print(f"{args.contexts} contexts, 2 h of history at {STEP} s: written in {time.perf_counter() - t0:.0f} s")
         sink.flush()
         lat = page_latency(rrd_dir, os.path.join(root, "pages"), names, args.pages)
-        print(f"never-drawn context page (day: cpu, mem, tasks) through the worker: "
-              f"cold {lat['cold_s']:.2f} s (starts the worker), warm median {lat['warm_median_s']:.2f} s, "
-              f"max {lat['warm_max_s']:.2f} s; drawn already: {lat['cached_s'] * 1000:.0f} ms")
+        print(f"never-drawn context page through /graphs/ctx/<name>/ (HTML, then cpu, mem, tasks day PNGs): "
+              f"median {lat['warm_median_s']:.2f} s (HTML alone {lat['html_median_s']:.2f} s), "
+              f"max {lat['warm_max_s']:.2f} s; cold {lat['cold_s']:.2f} s (the request starts the worker); "
+              f"drawn already: {lat['cached_s'] * 1000:.0f} ms")
         hour = hour_of_runs(rrd_dir, os.path.join(root, "periodic"), clock, sink, names, start)
         print(f"periodic runs at {args.contexts} contexts, an hour of steps ({hour['runs']} runs, "
               f"{hour['pngs']} PNGs): renderer CPU {hour['cpu_total_s']:.1f} s "
