@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
+import selectors
 import subprocess
 import sys
 
@@ -630,7 +630,11 @@ def spawn_child(cg, mode, amount):
 
 
 def wait_ready(p, timeout=120.0):
-    ready, _, _ = select.select([p.stdout], [], [], timeout)
+    # selectors, not select.select: samplers earlier in the session hold stat files
+    # open, so the pipe's fd can be above select()'s 1024 limit.
+    with selectors.DefaultSelector() as sel:
+        sel.register(p.stdout, selectors.EVENT_READ)
+        ready = sel.select(timeout)
     assert ready, f"child {p.pid} not ready after {timeout}s"
     assert p.stdout.readline() == b"ready\n"
 
