@@ -76,6 +76,38 @@ def _unlimited(v: int) -> int | None:
     return None if v < 0 else v
 
 
+class _LineMemo:
+    """line -> what a pure per-line parser made of it, for files whose lines mostly
+    repeat from poll to poll (a guest's limit lines: only a few use figures move).
+    Two generations bound it: lines not seen for a generation are dropped."""
+
+    def __init__(self, parse_line: Callable[[str], object], size: int = 1 << 14):
+        self.parse_line = parse_line
+        self.size = size
+        self.now: dict[str, object] = {}
+        self.before: dict[str, object] = {}
+
+    def __call__(self, line: str) -> object:
+        if len(line) > _MEMO_LINE_MAX:  # no real line is this long: not kept
+            return self.parse_line(line)
+        out = self.now.get(line, _UNSEEN)
+        if out is _UNSEEN:
+            out = self.before.get(line, _UNSEEN)
+            if out is _UNSEEN:
+                out = self.parse_line(line)
+            if len(self.now) >= self.size:
+                self.before, self.now = self.now, {}
+            self.now[line] = out
+        return out
+
+
+_MEMO_LINE_MAX = 256
+_UNSEEN = object()
+_SKIP = object()  # a header or blank line
+_BAD = object()  # a malformed line
+_LIMIT_MEMOS: dict[int, _LineMemo] = {}  # page size -> memo of limit lines
+
+
 def parse_limit(text: str, page_size: int = PAGE_SIZE) -> tuple[tuple[LimitRow, ...], int]:
     """`/proc/virtual/<xid>/limit`, both layouts; returns (rows, malformed lines skipped).
 
@@ -83,51 +115,63 @@ def parse_limit(text: str, page_size: int = PAGE_SIZE) -> tuple[tuple[LimitRow, 
     limit per resource, which the kernel enforces as a hard limit: it goes to `hard`,
     and `soft`/`minimum` stay None (not in that layout). Unlimited (-1) is None.
     """
+    memo = _LIMIT_MEMOS.get(page_size)
+    if memo is None:
+        if len(_LIMIT_MEMOS) > 8:  # page sizes come from config: a handful at most
+            _LIMIT_MEMOS.clear()
+        memo = _LIMIT_MEMOS[page_size] = _LineMemo(lambda line: _limit_line(line, page_size))
     rows: list[LimitRow] = []
     bad = 0
     for line in text.splitlines():
-        if not line.strip() or line.startswith("Limit"):  # vs2.2+ header
+        row = memo(line)
+        if row is _SKIP:
             continue
-        m = _LIMIT22_RE.match(line)
-        if m:
-            res = m.group(1)
-            cur, lo, hi, soft, hard, hits = (int(x) for x in m.groups()[1:])
-            lo_v: int | None = lo
-        else:
-            m = _LIMIT20_RE.match(line)
-            if not m:
-                bad += 1
-                continue
-            res = m.group(1)
-            cur, hi, hard, hits = (int(x) for x in m.groups()[1:])
-            lo_v = soft = None  # type: ignore[assignment]
-        if cur < 0 or hits < 0 or (lo_v is not None and lo_v < 0) or max(
-                cur, hi, hard, hits, lo_v or 0, soft or 0) >= ABSURD:
-            bad += 1  # use and hits are never negative; -1 is only "unlimited"
+        if row is _BAD:
+            bad += 1
             continue
-        if res in _PAGE_RESOURCES:
-            unit, scale = "bytes", page_size
-        elif res in _BYTE_RESOURCES:
-            unit, scale = "bytes", 1
-        else:
-            unit, scale = "count", 1
-
-        def sc(v: int | None) -> int | None:
-            return None if v is None else v * scale
-
-        rows.append(
-            LimitRow(
-                resource=res,
-                unit=unit,
-                current=cur * scale,
-                minimum=sc(lo_v),
-                maximum=sc(_unlimited(hi)),
-                soft=sc(None if soft is None else _unlimited(soft)),
-                hard=sc(_unlimited(hard)),
-                hits=hits,
-            )
-        )
+        rows.append(row)  # type: ignore[arg-type]
     return tuple(rows), bad
+
+
+def _limit_line(line: str, page_size: int) -> object:
+    """One line of a limit file: a LimitRow, _SKIP or _BAD (see parse_limit)."""
+    if not line.strip() or line.startswith("Limit"):  # vs2.2+ header
+        return _SKIP
+    m = _LIMIT22_RE.match(line)
+    if m:
+        res = m.group(1)
+        cur, lo, hi, soft, hard, hits = (int(x) for x in m.groups()[1:])
+        lo_v: int | None = lo
+    else:
+        m = _LIMIT20_RE.match(line)
+        if not m:
+            return _BAD
+        res = m.group(1)
+        cur, hi, hard, hits = (int(x) for x in m.groups()[1:])
+        lo_v = soft = None  # type: ignore[assignment]
+    if cur < 0 or hits < 0 or (lo_v is not None and lo_v < 0) or max(
+            cur, hi, hard, hits, lo_v or 0, soft or 0) >= ABSURD:
+        return _BAD  # use and hits are never negative; -1 is only "unlimited"
+    if res in _PAGE_RESOURCES:
+        unit, scale = "bytes", page_size
+    elif res in _BYTE_RESOURCES:
+        unit, scale = "bytes", 1
+    else:
+        unit, scale = "count", 1
+
+    def sc(v: int | None) -> int | None:
+        return None if v is None else v * scale
+
+    return LimitRow(
+        resource=res,
+        unit=unit,
+        current=cur * scale,
+        minimum=sc(lo_v),
+        maximum=sc(_unlimited(hi)),
+        soft=sc(None if soft is None else _unlimited(soft)),
+        hard=sc(_unlimited(hard)),
+        hits=hits,
+    )
 
 
 _SCHED_CPU_RE = re.compile(r"^cpu\s+\d+:\s+(\d+)\s+(\d+)(?:\s|$)")
@@ -213,18 +257,39 @@ def parse_cacct(text: str) -> tuple[SocketAccounting, ...]:
     The header, `forks:`, `slab:` and `page[i]:` lines are not socket figures.
     """
     out: list[SocketAccounting] = []
+    memo = _CACCT_MEMO
     for line in text.splitlines():
-        fam = line.partition(":")[0]
-        if fam not in _SOCKET_FAMILIES:
+        row = memo(line)
+        if row is _SKIP:
             continue
-        m = _CACCT_RE.match(line)
-        if not m:
-            raise ParseError(f"cacct: malformed line {line!r}")
-        n = [int(x) for x in m.groups()[1:]]
-        if max(n) >= ABSURD:
-            raise ParseError(f"cacct: absurd value in {line[:80]!r}")
-        out.append(SocketAccounting(fam, n[0], n[1], n[2], n[3], n[4], n[5]))
+        if row is _BAD:
+            _cacct_line(line)  # raises its ParseError
+        out.append(row)  # type: ignore[arg-type]
     return tuple(out)
+
+
+def _cacct_line(line: str) -> object:
+    """One line of a cacct file: a SocketAccounting or _SKIP; ParseError if malformed."""
+    fam = line.partition(":")[0]
+    if fam not in _SOCKET_FAMILIES:
+        return _SKIP
+    m = _CACCT_RE.match(line)
+    if not m:
+        raise ParseError(f"cacct: malformed line {line!r}")
+    n = [int(x) for x in m.groups()[1:]]
+    if max(n) >= ABSURD:
+        raise ParseError(f"cacct: absurd value in {line[:80]!r}")
+    return SocketAccounting(fam, n[0], n[1], n[2], n[3], n[4], n[5])
+
+
+def _cacct_line_or_bad(line: str) -> object:
+    try:
+        return _cacct_line(line)
+    except ParseError:
+        return _BAD
+
+
+_CACCT_MEMO = _LineMemo(_cacct_line_or_bad)
 
 
 _VSTATUS_HEX = frozenset({"Flags", "BCaps", "CCaps", "Spaces"})

@@ -491,6 +491,31 @@ def test_accounting_keeps_the_rest_when_a_file_fails(vs23: Path):
     assert errors == {}
 
 
+def test_remembered_lines_give_what_a_fresh_parse_gives():
+    """parse_limit and parse_cacct keep what each line parsed to (most lines repeat
+    poll after poll): the same line under another page size, a line that changed, a
+    malformed line met again, all come out as parsing anew would make them."""
+    limit = text(VS23, "proc/virtual/40001/limit")
+    rows4k, bad = parse_limit(limit, 4096)
+    rows8k, _ = parse_limit(limit, 8192)
+    rss4k = next(r for r in rows4k if r.resource == "RSS")
+    rss8k = next(r for r in rows8k if r.resource == "RSS")
+    assert rss8k.current == 2 * rss4k.current and rss8k.hard == 2 * rss4k.hard
+    assert parse_limit(limit, 4096) == (rows4k, bad)
+    moved = limit.replace("25750", "25751", 1)
+    assert next(r for r in parse_limit(moved, 4096)[0]
+                if r.resource == "RSS").current == 25751 * 4096
+    broken = limit + "RSS:\t1\tx\n"
+    assert parse_limit(broken, 4096)[1] == bad + 1
+    assert parse_limit(broken, 4096)[1] == bad + 1  # remembered as malformed
+    cacct = text(VS23, "proc/virtual/40001/cacct")
+    assert parse_cacct(cacct) == parse_cacct(cacct)
+    bad_cacct = cacct + "UNIX:\t1/2\n"
+    for _ in range(2):  # raised again when met again
+        with pytest.raises(ParseError):
+            parse_cacct(bad_cacct)
+
+
 def test_held_virtual_files_follow_the_tree(vs23: Path):
     """The /proc/virtual files are held open between polls, yet every change is seen:
     rewritten in place, replaced by a new file, the guest's directory gone and back."""
