@@ -21,7 +21,10 @@ directory, nobody scraping:
 
 `direct`: each writes its files itself (librrd); `rrdcached`: each talks to its own
 private rrdcached (`-w 3600`, so the deferred disk writes are not in the window;
-rrdcached's own CPU is printed apart). After a warm-up (files created, two polls
+rrdcached's own CPU is printed apart); `behind`: direct writes, each tool holding a
+file's values up to --write-behind seconds (default 60) and writing them in one librrd
+call (ctxmon's `[rrd] write_behind`, collectd's rrdtool `CacheTimeout`, whose default
+0 is the `direct` row; collectd then holds one value more per call). After a warm-up (files created, two polls
 done), the CPU of each process (`/proc/<pid>/stat` utime+stime, all threads) is
 sampled every --per-window intervals, --windows times; a window holds exactly that
 many polls of each daemon, so its CPU delta over the polls is CPU per poll. Printed: the median per
@@ -40,7 +43,7 @@ Also (each can be skipped):
 Every process and cgroup made is removed at the end, also on Ctrl-C or SIGTERM.
 Run as root from a checkout with its venv (`make bench` installs collectd-core):
 
-    .venv/bin/python benchmarks/collectd_bench.py [--sizes 100,1000,5000] [--ways direct,rrdcached]
+    .venv/bin/python benchmarks/collectd_bench.py [--sizes 100,1000,5000] [--ways direct,rrdcached,behind]
 """
 
 from __future__ import annotations
@@ -236,14 +239,18 @@ class Rrdcached(Child):
                 time.sleep(0.05)
 
 
-def collectd_config(base: str, interval: int, rrdcached: str | None) -> str:
+def collectd_config(base: str, interval: int, rrdcached: str | None,
+                    cache_timeout: int = 0) -> str:
+    """`cache_timeout`: the rrdtool plugin's CacheTimeout (0, its default: every
+    value written at once), what ctxmon's [rrd] write_behind is to ctxmon."""
     data = os.path.join(base, "rrd")
     os.makedirs(data)
+    cache = f"  CacheTimeout {cache_timeout}\n" if cache_timeout else ""
     writer = (
         f'LoadPlugin rrdcached\n<Plugin rrdcached>\n  DaemonAddress "{rrdcached}"\n'
         f'  DataDir "{data}"\n  CreateFiles true\n  CollectStatistics false\n</Plugin>\n'
         if rrdcached else
-        f'LoadPlugin rrdtool\n<Plugin rrdtool>\n  DataDir "{data}"\n</Plugin>\n'
+        f'LoadPlugin rrdtool\n<Plugin rrdtool>\n  DataDir "{data}"\n{cache}</Plugin>\n'
     )
     conf = os.path.join(base, "collectd.conf")
     with open(conf, "w") as f:
@@ -261,13 +268,14 @@ def collectd_config(base: str, interval: int, rrdcached: str | None) -> str:
 
 
 def ctxmon_config(base: str, interval: int, rrdcached: str | None,
-                  source: str = "cgroup", proc_root: str = "/proc") -> str:
+                  source: str = "cgroup", proc_root: str = "/proc", write_behind: int = 0) -> str:
     conf = os.path.join(base, "ctxmon.toml")
     with open(conf, "w") as f:
         f.write(
             f'[collector]\ninterval = "{interval}s"\nsource = "{source}"\n'
             f'proc_root = "{proc_root}"\n\n'
-            f'[rrd]\ndir = "{base}/rrd"\nstep = "{interval}s"\ndaemon = "{rrdcached or ""}"\n\n'
+            f'[rrd]\ndir = "{base}/rrd"\nstep = "{interval}s"\ndaemon = "{rrdcached or ""}"\n'
+            f'write_behind = "{write_behind}s"\n\n'
             f'[exporter]\nlisten = "127.0.0.1:{free_port()}"\n\n'
             '[graphs]\nenabled = false\n'
             # The contexts: named by a rule, not as `*.service` units (see the module doc).
@@ -339,8 +347,11 @@ def settle_after_poll(ctx: Ctxmon, interval: float) -> None:
 
 
 def run_pair(n: int, way: str, base: str, interval: int, windows: int,
-             per_window: int) -> dict:
+             per_window: int, write_behind: int = 0) -> dict:
+    """`way`: direct, rrdcached, or behind (direct writes held up to `write_behind`
+    seconds: ctxmon's [rrd] write_behind next to collectd's CacheTimeout)."""
     os.makedirs(base)
+    behind = write_behind if way == "behind" else 0
     children: list[Child] = []
     try:
         caches = {}
@@ -352,20 +363,30 @@ def run_pair(n: int, way: str, base: str, interval: int, windows: int,
         os.makedirs(cbase)
         os.makedirs(xbase)
         cd = Child([COLLECTD, "-f", "-C", collectd_config(
-            cbase, interval, caches["collectd"].addr if caches else None)],
+            cbase, interval, caches["collectd"].addr if caches else None, behind)],
             os.path.join(cbase, "collectd.log"))
         children.append(cd)
-        cx = Ctxmon(ctxmon_config(xbase, interval, caches["ctxmon"].addr if caches else None),
+        cx = Ctxmon(ctxmon_config(xbase, interval, caches["ctxmon"].addr if caches else None,
+                                  write_behind=behind),
                     os.path.join(xbase, "ctxmon.log"))
         children.append(cx)
         # Warm-up: every file created, then two more ctxmon polls.
-        limit = 120 + n * 0.1
+        limit = 120 + n * 0.1 + behind
         wait_until(f"collectd's {2 * n} files",
                    lambda: count_files(os.path.join(cbase, "rrd")) >= 2 * n, children, limit)
         wait_until("ctxmon's first polls", lambda: len(cx.polls()) >= 1, children, limit)
         first = len(cx.polls())
         wait_until("two more ctxmon polls", lambda: len(cx.polls()) >= first + 2, children,
                    limit)
+        if behind:
+            # Both hold values: a window must span whole turns of both. collectd
+            # writes a file when its oldest value is CacheTimeout old (then holds
+            # behind/interval + 1 values), all files at the same poll; ctxmon's files
+            # take turns, each poll writing ~interval/behind of them. Start once
+            # both have written every file once, over windows of two collectd turns.
+            time.sleep(behind + interval)
+            per_window = max(per_window, 2 * (behind // interval + 1))
+            windows = min(windows, 3)  # long windows: three are enough for a median
         settle_after_poll(cx, interval)
         procs: dict[str, Child] = {"ctxmon": cx, "collectd": cd}
         for who, c in caches.items():
@@ -374,7 +395,7 @@ def run_pair(n: int, way: str, base: str, interval: int, windows: int,
         cpu = cpu_windows(procs, interval, windows, per_window)
         polls = cx.polls()[polls_before:]
         result = {
-            "n": n, "way": way,
+            "n": n, "way": way, "write_behind": behind, "per_window": per_window,
             "cpu": {k: statistics.median(v) for k, v in cpu.items()},
             "cpu_all": cpu,
             "ctxmon_polls": len(polls),
@@ -578,7 +599,9 @@ def print_table(rows: list[dict]) -> None:
         cached = (f"{c['rrdcached (ctxmon)'] * 1e3:.0f} / {c['rrdcached (collectd)'] * 1e3:.0f} ms"
                   if "rrdcached (ctxmon)" in c else "")
         ratio = c["ctxmon"] / c["collectd"] if c["collectd"] else float("inf")
-        print(f"| {r['n']:,} | {r['way']} | {c['ctxmon'] * 1e3:.0f} ms | "
+        way = (f"direct, write_behind / CacheTimeout {r['write_behind']} s"
+               if r["way"] == "behind" else r["way"])
+        print(f"| {r['n']:,} | {way} | {c['ctxmon'] * 1e3:.0f} ms | "
               f"{c['collectd'] * 1e3:.0f} ms | {ratio:.2f}x | {cached} | "
               f"{r['ctxmon_poll_ms']:.0f} ms | {r['ctxmon_files']:,} / {r['collectd_files']:,} "
               f"| {r['host_processes']:,.0f} |")
@@ -588,7 +611,12 @@ def print_table(rows: list[dict]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="100,1000,5000", help="context counts (comma-separated)")
-    ap.add_argument("--ways", default="direct,rrdcached", help="direct, rrdcached or both")
+    ap.add_argument("--ways", default="direct,rrdcached,behind",
+                    help="any of direct, rrdcached, behind (direct writes held up to "
+                         "--write-behind seconds by each tool)")
+    ap.add_argument("--write-behind", type=int, default=60,
+                    help="seconds: ctxmon's [rrd] write_behind and collectd's CacheTimeout "
+                         "in the `behind` rows")
     ap.add_argument("--interval", type=int, default=10, help="poll interval, seconds")
     ap.add_argument("--windows", type=int, default=5, help="measured windows per run")
     ap.add_argument("--per-window", type=int, default=2, help="polls per measured window")
@@ -641,7 +669,7 @@ def main() -> int:
                 print(f"{n} contexts made in {time.monotonic() - t0:.1f} s", flush=True)
                 for way in ways:
                     r = run_pair(n, way, os.path.join(base, f"{n}-{way}"), args.interval,
-                                 args.windows, args.per_window)
+                                 args.windows, args.per_window, args.write_behind)
                     results["pairs"].append(r)
                     c = r["cpu"]
                     print(f"  {way}: ctxmon {c['ctxmon'] * 1e3:.0f} ms, collectd "
