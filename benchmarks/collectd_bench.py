@@ -426,6 +426,7 @@ def _scraper(port: int, every: float, stop_at: float, queue) -> None:
     conn = None
     while time.monotonic() < stop_at:
         t0 = time.perf_counter()
+        wall = time.time()
         try:
             if conn is None:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -435,12 +436,25 @@ def _scraper(port: int, every: float, stop_at: float, queue) -> None:
             if r.status != 200:
                 failures += 1
             else:
-                lat.append(time.perf_counter() - t0)
+                lat.append((wall, time.perf_counter() - t0))
         except (OSError, http.client.HTTPException):
             failures += 1
             conn = None
         time.sleep(max(0.0, every - (time.perf_counter() - t0)))
     queue.put((lat, failures))
+
+
+_POLL_AT = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) DEBUG ctxmon\.daemon: poll "
+                      r"\d+: .*?, (\d+) ms \(sample", re.M)
+
+
+def poll_spans(log: str) -> list[tuple[float, float]]:
+    """(start, end) wall times of the polls a ctxmon log shows (its local times)."""
+    spans = []
+    for day, ms, took in _POLL_AT.findall(log):
+        end = time.mktime(time.strptime(day, "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000
+        spans.append((end - int(took) / 1000, end))
+    return spans
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -471,12 +485,20 @@ def run_scrapers(n: int, base: str, interval: int, polls: int, scrapers: int,
         for w in workers:
             w.join()
         busy = [p[3] for p in cx.polls()[k:]]
-        lat = [x for r, _ in results for x in r]
+        timed = [x for r, _ in results for x in r]
+        lat = [x for _, x in timed]
+        # Which scrapes overlapped a poll (the cause of slow ones, if they are there).
+        spans = poll_spans(cx.text())
+        during = [x for t, x in timed if any(a - x <= t <= b for a, b in spans)]
+        apart = [x for t, x in timed if not any(a - x <= t <= b for a, b in spans)]
         return {
             "n": n, "scrapers": scrapers, "every": every,
             "scrapes": len(lat), "failures": sum(f for _, f in results),
             "p50_ms": percentile(lat, 0.50) * 1e3, "p99_ms": percentile(lat, 0.99) * 1e3,
             "max_ms": max(lat) * 1e3 if lat else float("nan"),
+            "during_polls": len(during), "p99_during_ms": percentile(during, 0.99) * 1e3,
+            "p50_during_ms": percentile(during, 0.50) * 1e3,
+            "p99_apart_ms": percentile(apart, 0.99) * 1e3,
             "poll_ms_quiet": statistics.median(quiet),
             "poll_ms_scraped": statistics.median(busy) if busy else float("nan"),
             "host_processes": cx.polls()[-1][2],
@@ -693,7 +715,10 @@ def main() -> int:
                   f"p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, max {s['max_ms']:.1f} ms; "
                   f"ctxmon poll median {s['poll_ms_quiet']:.0f} ms without scrapers, "
                   f"{s['poll_ms_scraped']:.0f} ms with "
-                  f"({s['poll_ms_scraped'] / s['poll_ms_quiet'] - 1:+.0%})", flush=True)
+                  f"({s['poll_ms_scraped'] / s['poll_ms_quiet'] - 1:+.0%}); "
+                  f"{s['during_polls']} scrapes overlapped a poll: p50 {s['p50_during_ms']:.1f} ms, "
+                  f"p99 {s['p99_during_ms']:.1f} ms; the others' p99 {s['p99_apart_ms']:.1f} ms",
+                  flush=True)
         if args.vserver:
             v = results["vserver"] = run_vserver(args.vserver, os.path.join(base, "vserver"),
                                                  args.interval, args.windows, args.per_window)

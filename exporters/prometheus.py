@@ -13,6 +13,7 @@ per-context increases, so they stay monotonic while contexts move in and out of 
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -365,5 +366,54 @@ def build_registry(collector: SnapshotCollector, process_metrics: bool = True
     `process_*` figures (CPU, memory, open fds). Nothing goes to the global registry."""
     registry = ExportRegistry(collector)
     if process_metrics:
-        ProcessCollector(registry=registry)
+        _ProcessCollector(registry=registry)
     return registry
+
+
+class _ProcessCollector(ProcessCollector):
+    """prometheus_client's `process_*` figures (same names, help and values), with
+    `process_open_fds` from the size of /proc/self/fd, the kernel's count of open fds
+    (Linux >= 6.2), instead of a listing of it: ctxmon holds thousands of kernel files
+    open, and listing them was ~1.5 ms of every scrape, most of a cached one. Where
+    the size says 0 (older kernels), the folder is listed as before."""
+
+    def collect(self) -> Iterable[Metric]:
+        if not self._btime:
+            return []
+        pid = os.path.join(self._proc, str(self._pid()).strip())
+        result: list[Metric] = []
+        try:
+            with open(os.path.join(pid, "stat"), "rb") as f:
+                parts = f.read().split(b")")[-1].split()
+            result += [
+                GaugeMetricFamily(self._prefix + "virtual_memory_bytes",
+                                  "Virtual memory size in bytes.", value=float(parts[20])),
+                GaugeMetricFamily(self._prefix + "resident_memory_bytes",
+                                  "Resident memory size in bytes.",
+                                  value=float(parts[21]) * self._pagesize),
+                GaugeMetricFamily(self._prefix + "start_time_seconds",
+                                  "Start time of the process since unix epoch in seconds.",
+                                  value=float(parts[19]) / self._ticks + self._btime),
+                CounterMetricFamily(self._prefix + "cpu_seconds_total",
+                                    "Total user and system CPU time spent in seconds.",
+                                    value=(float(parts[11]) + float(parts[12])) / self._ticks),
+            ]
+        except OSError:
+            pass
+        try:
+            with open(os.path.join(pid, "limits"), "rb") as f:
+                for line in f:
+                    if line.startswith(b"Max open file"):
+                        max_fds = GaugeMetricFamily(self._prefix + "max_fds",
+                                                    "Maximum number of open file descriptors.",
+                                                    value=float(line.split()[3]))
+                        break
+            fd_dir = os.path.join(pid, "fd")
+            count = os.stat(fd_dir).st_size or len(os.listdir(fd_dir))
+            result += [GaugeMetricFamily(self._prefix + "open_fds",
+                                         "Number of open file descriptors.", count),
+                       max_fds]
+        except OSError:
+            pass
+        return result
+

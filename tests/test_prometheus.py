@@ -290,6 +290,26 @@ def test_cached_exposition_is_the_same_text_and_follows_new_snapshots():
     assert "process_cpu_seconds_total" in b''.join(reg.exposition()).decode()
 
 
+def test_process_figures_are_prometheus_clients_with_open_fds_counted_cheaply():
+    from exporters.prometheus import _ProcessCollector
+
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(300)]
+    try:
+        ours = {m.name: m for m in _ProcessCollector(registry=None).collect()}
+        theirs = {m.name: m for m in prometheus_client.ProcessCollector(registry=None).collect()}
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert ours.keys() == theirs.keys() and "process_open_fds" in ours
+    for name, m in theirs.items():
+        assert (ours[name].type, ours[name].documentation) == (m.type, m.documentation)
+    fds = ours["process_open_fds"].samples[0].value
+    # prometheus_client's listing counts the fd it lists /proc/self/fd with
+    assert 300 < fds and theirs["process_open_fds"].samples[0].value - fds in (0, 1)
+    for name in ("process_max_fds", "process_start_time_seconds", "process_virtual_memory_bytes"):
+        assert ours[name].samples[0].value == pytest.approx(theirs[name].samples[0].value, rel=0.01)
+
+
 # --------------------------------------------------------------------------- the cap
 
 
