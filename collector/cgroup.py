@@ -638,7 +638,7 @@ class CgroupSource(Source):
             hf = files.get(rel)
             if hf is None:
                 path = f"{base}/{rel}/cgroup.procs" if rel else f"{base}/cgroup.procs"
-                hf = files[rel] = self._files.file(path)
+                hf = files[rel] = self._files.file(path, rel)
             path = hf.path
             try:
                 pids = list(map(int, hf.read().split()))
@@ -749,7 +749,7 @@ class CgroupSource(Source):
             dirs = {h: f"{d}/{path}" for h, d in self.v1_dirs.items()}
             if self.v2_dir:
                 dirs["v2"] = f"{self.v2_dir}/{path}"
-            plan = self._plans[path] = _Plan(self._files, dirs)
+            plan = self._plans[path] = _Plan(self._files, dirs, path)
         return plan
 
     def accounting(self, ident: ContextIdentity, errors: ErrorCounts) -> KernelAccounting:
@@ -764,7 +764,8 @@ class CgroupSource(Source):
         # in a while (as often as a missing file is looked for again: HeldFiles'
         # recheck_missing), and whenever a held file failed (a cgroup removed, maybe
         # made again with other controllers); in between only those are read.
-        full = not held.hold or plan.epoch != held._epoch or held.clock() >= plan.until
+        full = (not held.hold or held.clock() >= plan.until
+                or plan.epoch != held.epoch(path))
         user = system = None
         # A cgroup gone since assign (or absent from the cpuacct hierarchy) just
         # reads as missing files: keep what there is.
@@ -838,7 +839,7 @@ class CgroupSource(Source):
             self._pressure(plan, figures, errors)
         if full:
             plan.memory, plan.pids, plan.memory_stat = mem_at, pids_at, stat_at
-            plan.epoch = held._epoch
+            plan.epoch = held.epoch(path)
             plan.until = held.clock() + held.recheck_missing
         return KernelAccounting(cpu_user_seconds=user, cpu_system_seconds=system,
                                 limits=tuple(limits), figures=figures)
@@ -894,11 +895,12 @@ class _Plan:
     """The held files of one cgroup context: `f("v2/cpu.stat")` is its cpu.stat in
     the cgroup2 hierarchy, `f("memory/memory.stat")` in the v1 memory one."""
 
-    __slots__ = ("held", "dirs", "files", "all_memory", "all_pids", "memory", "pids",
-                 "memory_stat", "epoch", "until")
+    __slots__ = ("held", "dirs", "group", "files", "all_memory", "all_pids", "memory",
+                 "pids", "memory_stat", "epoch", "until")
 
-    def __init__(self, held: HeldFiles, dirs: dict[str, str]):
+    def __init__(self, held: HeldFiles, dirs: dict[str, str], group: str):
         self.held = held
+        self.group = group  # the cgroup path: its files in every hierarchy are one group
         self.dirs = dirs
         self.files: dict[str, HeldFile] = {}
         # Where memory and pids files may be, in the order they are looked for, and
@@ -915,7 +917,7 @@ class _Plan:
         hf = self.files.get(name)
         if hf is None:
             where, _, file = name.partition("/")
-            hf = self.files[name] = self.held.file(f"{self.dirs[where]}/{file}")
+            hf = self.files[name] = self.held.file(f"{self.dirs[where]}/{file}", self.group)
         return hf
 
 

@@ -97,11 +97,14 @@ class HeldFile:
     """One file of a `HeldFiles`, kept by a caller that reads it every poll: no path
     is built or looked up per read (`HeldFiles.file(path)` makes or finds it)."""
 
-    __slots__ = ("path", "owner", "fd", "ident", "seen", "missing_until", "missing_epoch",
+    __slots__ = ("path", "group", "owner", "fd", "ident", "seen", "missing_until", "missing_epoch",
                  "data", "parse", "value", "registered")
 
-    def __init__(self, owner: "HeldFiles", path: str):
+    def __init__(self, owner: "HeldFiles", path: str, group: str | None = None):
         self.path = path
+        # Files of one thing that is removed and made again as a whole (a cgroup, in
+        # every hierarchy): when one of them fails, the missing ones are looked for again.
+        self.group = path.rpartition("/")[0] if group is None else group
         self.owner = owner
         self.fd: int | None = None
         self.ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the held fd
@@ -118,6 +121,7 @@ class HeldFile:
             os.close(self.fd)
             self.fd = None
             self.owner._open -= 1
+            POOL.held -= 1
         self.data = self.parse = self.value = None
         self.missing_epoch = -1
         self.registered = False
@@ -149,6 +153,7 @@ class HeldFile:
             if not same:
                 self.fd = None
                 owner._open -= 1
+                POOL.held -= 1
                 os.close(fd)
                 fd = None
         if fd is not None:
@@ -166,9 +171,10 @@ class HeldFile:
                 # in this hierarchy and in the others).
                 self.fd = None
                 owner._open -= 1
+                POOL.held -= 1
                 os.close(fd)
-                owner._epoch += 1
-        elif self.missing_epoch == owner._epoch:
+                owner.bump(self.group)
+        elif self.missing_epoch == owner.epoch(self.group):
             if owner.clock() < self.missing_until:
                 raise FileNotFoundError(errno.ENOENT, "missing (remembered)", self.path)
             self.missing_epoch = -1
@@ -178,7 +184,7 @@ class HeldFile:
             # Also when the directory is missing (a cgroup absent from one hierarchy):
             # a context that goes away is swept, one made again is looked at afresh.
             if e.errno == errno.ENOENT and not in_flux and owner.recheck_missing > 0:
-                self.missing_epoch = owner._epoch
+                self.missing_epoch = owner.epoch(self.group)
                 self.missing_until = owner.clock() + owner.recheck_missing
             raise
         try:
@@ -186,7 +192,7 @@ class HeldFile:
         except OSError:
             os.close(fd)
             raise
-        if owner._open < owner.max_open:
+        if owner._open < owner.max_open and POOL.take():
             self.fd = fd
             self.ident = (st.st_dev, st.st_ino)
             owner._open += 1
@@ -222,7 +228,7 @@ class HeldFile:
                 value = parse(data.decode("utf-8", "surrogateescape"))
                 self.data, self.parse, self.value = data, parse, value
                 return value
-        elif (self.missing_epoch == owner._epoch and owner.hold
+        elif (owner.hold and self.missing_epoch == owner.epoch(self.group)
                 and owner.clock() < self.missing_until):
             self.seen = owner._gen  # still in use: not swept
             return None
@@ -261,8 +267,10 @@ class HeldFiles:
         self._open = 0  # fds held
         self._gen = 0  # sweep generation
         # Bumped when a held file fails (a cgroup was removed, maybe made again with
-        # other controllers): every file remembered as missing is looked for again.
+        # other controllers): every file of its group remembered as missing is looked
+        # for again (`_epoch`: all groups, when `_epochs` is cleared).
         self._epoch = 0
+        self._epochs: dict[str, int] = {}  # group -> failures of its held files
 
     def __len__(self) -> int:
         return self._open
@@ -278,10 +286,20 @@ class HeldFiles:
         except Exception:
             pass
 
-    def file(self, path: str) -> HeldFile:
+    def epoch(self, group: str) -> int:
+        """Changes whenever a held file of `group` failed (see HeldFile.group)."""
+        return (self._epoch << 32) | self._epochs.get(group, 0)
+
+    def bump(self, group: str) -> None:
+        if len(self._epochs) >= 4096:  # groups come and go: start afresh, all at once
+            self._epochs.clear()
+            self._epoch += 1
+        self._epochs[group] = self._epochs.get(group, 0) + 1
+
+    def file(self, path: str, group: str | None = None) -> HeldFile:
         f = self._files.get(path)
         if f is None:
-            f = HeldFile(self, path)
+            f = HeldFile(self, path, group)
             if self.hold:
                 self._files[path] = f
         return f
@@ -304,9 +322,38 @@ class HeldFiles:
         self._gen = gen + 1
 
 
-def held_files_budget() -> int:
-    """How many kernel files a source may hold open: a quarter of the fd limit (the
-    process scanner's `<pid>/stat` files, sockets and RRD files need the rest)."""
-    from .procfs import raise_fd_limit
+class FdPool:
+    """The fds held open between polls by every holder in this process (the process
+    scanner's `<pid>/stat` files, the sources' kernel files), against one cap: the
+    fd limit less a reserve for sockets, RRD files and logs. One pool, not a fixed
+    split: 1,000 cgroup contexts hold 5,000 files and the stat files of 1,100
+    processes 1,100, and either may be the larger on another host."""
 
-    return raise_fd_limit() // 4
+    def __init__(self) -> None:
+        self.held = 0
+        self._cap: int | None = None
+
+    @property
+    def cap(self) -> int:
+        if self._cap is None:
+            from .procfs import raise_fd_limit
+
+            soft = raise_fd_limit()
+            self._cap = max(0, soft - max(256, soft // 10))
+        return self._cap
+
+    def take(self) -> bool:
+        """Count one more held fd if the pool has room."""
+        if self.held < self.cap:
+            self.held += 1
+            return True
+        return False
+
+
+POOL = FdPool()  # polls run on one thread: a plain count
+
+
+def held_files_budget() -> int:
+    """How many kernel files a source may hold open: as many as the shared pool
+    (`POOL`) has room for."""
+    return POOL.cap

@@ -165,16 +165,15 @@ class ProcessScan(NamedTuple):
 class ProcessScanner:
     """Lists `<proc_root>` and reads every process's stat file, holding the files open.
 
-    At most `max_open` files are held (by default the fd limit less a reserve for
-    sockets and RRD files and the sources' share, `kernfile.held_files_budget`); beyond that, files are opened, read and closed each poll.
+    At most `max_open` files are held, and only while the fd pool shared with the
+    sources' held files has room (`kernfile.POOL`: the fd limit less a reserve for
+    sockets and RRD files); beyond that, files are opened, read and closed each poll.
     """
 
     def __init__(self, proc_root: str = "/proc", max_open: int | None = None):
         self.proc_root = proc_root
         if max_open is None:
-            soft = raise_fd_limit()
-            # a reserve for sockets and RRD files, and the sources' held files
-            max_open = max(0, soft - max(256, soft // 10) - soft // 4)
+            max_open = kernfile.POOL.cap  # shared with the sources' held files
         self.max_open = max_open
         self._fds: dict[int, int] = {}
         # pid -> (the stat bytes last read, their ProcStat): a process that did not
@@ -184,6 +183,7 @@ class ProcessScanner:
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
+        kernfile.POOL.held -= len(self._fds)
         self._fds.clear()
         self._last.clear()
 
@@ -204,6 +204,7 @@ class ProcessScanner:
         max_open = self.max_open
         pread = os.pread
         open_regular = kernfile.open_regular
+        pool = kernfile.POOL
         new = tuple.__new__
         procs: list[ProcStat] = []
         append = procs.append
@@ -229,6 +230,8 @@ class ProcessScanner:
                     if not data:  # the task behind this fd is gone; the pid may be reused
                         os.close(fd)
                         fd = None
+                        pool.held -= 1
+                was_held = fd  # counted in the pool
                 if fd is None:
                     try:
                         fd = open_regular(f"{root}/{name}/stat")  # no FIFO, no blocking
@@ -251,10 +254,14 @@ class ProcessScanner:
                         vanished += 1
                         os.close(fd)
                         continue
-                if len(kept) < max_open:
+                if was_held is not None and len(kept) < max_open:
+                    kept[pid] = fd
+                elif was_held is None and len(kept) < max_open and pool.take():
                     kept[pid] = fd
                 else:
                     os.close(fd)
+                    if was_held is not None:
+                        pool.held -= 1
                 hit = last.get(pid)
                 if hit is not None and hit[0] == data:
                     append(hit[1])
@@ -287,6 +294,7 @@ class ProcessScanner:
                 gc.enable()
         for fd in fds.values():  # processes no longer listed
             os.close(fd)
+        pool.held -= len(fds)
         self._fds = kept
         self._last = seen
         return ProcessScan(procs, errors, vanished)

@@ -252,3 +252,32 @@ def test_walking_follows_new_cgroups_and_drops_empty_ones(cgroup_factory, cgroup
     assert where(pa.pid) == [name_a]
     assert b.rel not in src._known  # found empty: no longer read
     src.close()
+
+
+def test_the_scanner_and_held_files_share_one_fd_pool(tmp_path, monkeypatch):
+    """Held fds of every holder count against one cap; all are given back on close."""
+    pool = kernfile.FdPool()
+    pool._cap = 6
+    monkeypatch.setattr(kernfile, "POOL", pool)
+    from collector.procfs import ProcessScanner as Scanner
+
+    scanner = Scanner("/proc", max_open=100)
+    assert len(scanner.scan().procs) > 6
+    assert pool.held == 6 and len(scanner._fds) == 6  # the pool, not max_open, stopped it
+    held = kernfile.HeldFiles(max_open=10)
+    (tmp_path / "f").write_text("1\n")
+    assert held.read(str(tmp_path / "f")) == b"1\n"
+    assert len(held) == 0  # no room left: read, not held
+    scanner.close()
+    assert pool.held == 0
+    assert held.read(str(tmp_path / "f")) == b"1\n"
+    assert len(held) == 1 and pool.held == 1
+    scanner = Scanner("/proc", max_open=100)
+    scanner.scan()
+    assert pool.held == 6
+    held.sweep()
+    held.sweep()  # f not read since: closed, given back
+    assert pool.held == 5
+    scanner.close()
+    held.close()
+    assert pool.held == 0
