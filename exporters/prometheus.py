@@ -14,6 +14,7 @@ per-context increases, so they stay monotonic while contexts move in and out of 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -165,6 +166,9 @@ class _OtherCounters:
                 del last[k]
 
 
+RENDER_SWITCH_INTERVAL = 0.0005  # seconds: the GIL's while the text renders after a poll
+
+
 def _new_family(name: str, labels: tuple[str, ...] | None = None) -> Metric:
     typ, doc, names = FAMILIES[name]
     full = name + "_total" if typ == "counter" else name
@@ -219,7 +223,7 @@ class SnapshotCollector(Collector):
         (Pieces, not one string: joining copies a megabyte for nothing.)"""
         self._scraped = True
         cached = self._cache
-        if not (self._prerendering and cached is not None and self._lock.locked()):
+        if not (self._prerendering and cached is not None):
             with self._lock:
                 snap = self.get_snapshot()
                 cached = self._cache
@@ -235,19 +239,31 @@ class SnapshotCollector(Collector):
         if not self._scraped:
             return
         self._scraped = False
-        threading.Thread(target=self._prerender, name="ctxmon-render", daemon=True).start()
+        # Set before the thread runs: a scrape in between would otherwise render the
+        # new snapshot itself, on the HTTP loop, holding up every other connection.
+        self._prerendering = True
+        try:
+            threading.Thread(target=self._prerender, name="ctxmon-render", daemon=True).start()
+        except RuntimeError:  # no thread to be had: the next scrape renders
+            self._prerendering = False
 
     def _prerender(self) -> None:
-        with self._lock:
-            self._prerendering = True
-            try:
+        # Scrapes meanwhile are served the previous text, but they need the GIL, and
+        # each of their hand-overs waits out a switch interval (5 ms) of this Python
+        # loop: a shorter one while it runs (no poll runs then; restored after).
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, RENDER_SWITCH_INTERVAL))
+        try:
+            with self._lock:
+                self._prerendering = True
                 snap = self.get_snapshot()
                 if self._cache is None or self._cache[0] is not snap:
                     self._cache = (snap, self._text.render(self._snapshot_families(snap)))
-            except Exception:  # a scrape will render (and report) it
-                pass
-            finally:
-                self._prerendering = False
+        except Exception:  # a scrape will render (and report) it
+            pass
+        finally:
+            self._prerendering = False
+            sys.setswitchinterval(switch)
 
     def _snapshot_families(self, snap: Snapshot | None) -> list[Metric]:
         fams = {name: _new_family(name) for name in FAMILIES if name not in LIVE_FAMILIES}
