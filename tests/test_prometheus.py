@@ -290,6 +290,28 @@ def test_cached_exposition_is_the_same_text_and_follows_new_snapshots():
     assert "process_cpu_seconds_total" in b''.join(reg.exposition()).decode()
 
 
+def test_a_scrape_while_the_new_text_is_being_prerendered_gets_the_previous_one(monkeypatch):
+    import sys
+
+    h = Holder(snap(ctx("old", ctx_id="1", processes=1)))
+    col = h.collector()
+    reg = build_registry(col, process_metrics=False)
+    assert series_of(samples(b"".join(reg.exposition()).decode()), "old")
+    started = []
+    monkeypatch.setattr(threading.Thread, "start", lambda self: started.append(self))
+    h.snapshot = snap(ctx("new", ctx_id="2", processes=2), t=2000.0)
+    col.published()  # scraped since the last one: renders on a thread (held back here)
+    assert len(started) == 1
+    # Meanwhile a scrape is served the previous text rather than rendering itself.
+    found = samples(b"".join(reg.exposition()).decode())
+    assert series_of(found, "old") and not series_of(found, "new")
+    switch = sys.getswitchinterval()
+    started[0].run()  # the thread's work: renders, with a short GIL interval meanwhile
+    assert sys.getswitchinterval() == switch
+    found = samples(b"".join(reg.exposition()).decode())
+    assert series_of(found, "new") and not series_of(found, "old")
+
+
 def test_process_figures_are_prometheus_clients_with_open_fds_counted_cheaply():
     from exporters.prometheus import _ProcessCollector
 
