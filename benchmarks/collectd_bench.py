@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import errno
 import http.client
 import io
 import json
@@ -69,6 +68,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+from cgroups import rmdir_cgroup  # noqa: E402  (the one busy-cgroup rmdir loop)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 V1_CPUACCT = "/sys/fs/cgroup/cpuacct"
@@ -96,20 +98,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _rmdir(path: str) -> None:
-    for _ in range(200):  # a cgroup stays busy a moment after its last process exits
-        try:
-            os.rmdir(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            if e.errno != errno.EBUSY:
-                raise
-            time.sleep(0.02)
-    raise OSError(errno.EBUSY, f"{path} stays busy")
 
 
 # ------------------------------------------------------------------ the contexts
@@ -170,8 +158,8 @@ class Contexts:
                 continue
             for name in os.listdir(top):
                 if os.path.isdir(os.path.join(top, name)):
-                    _rmdir(os.path.join(top, name))
-            _rmdir(top)
+                    rmdir_cgroup(os.path.join(top, name))
+            rmdir_cgroup(top)
 
 
 # ------------------------------------------------------------------ the daemons
