@@ -250,20 +250,24 @@ class SnapshotCollector(Collector):
     def _prerender(self) -> None:
         # Scrapes meanwhile are served the previous text, but they need the GIL, and
         # each of their hand-overs waits out a switch interval (5 ms) of this Python
-        # loop: a shorter one while it runs (no poll runs then; restored after).
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch, RENDER_SWITCH_INTERVAL))
+        # loop: a shorter one while it renders. Lowered and given back under the lock,
+        # so a render that waits for the one before never takes the short interval
+        # for the process's own.
         try:
             with self._lock:
-                self._prerendering = True
-                snap = self.get_snapshot()
-                if self._cache is None or self._cache[0] is not snap:
-                    self._cache = (snap, self._text.render(self._snapshot_families(snap)))
+                switch = sys.getswitchinterval()
+                sys.setswitchinterval(min(switch, RENDER_SWITCH_INTERVAL))
+                try:
+                    self._prerendering = True
+                    snap = self.get_snapshot()
+                    if self._cache is None or self._cache[0] is not snap:
+                        self._cache = (snap, self._text.render(self._snapshot_families(snap)))
+                finally:
+                    sys.setswitchinterval(switch)
         except Exception:  # a scrape will render (and report) it
             pass
         finally:
             self._prerendering = False
-            sys.setswitchinterval(switch)
 
     def _snapshot_families(self, snap: Snapshot | None) -> list[Metric]:
         fams = {name: _new_family(name) for name in FAMILIES if name not in LIVE_FAMILIES}

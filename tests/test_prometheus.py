@@ -312,6 +312,47 @@ def test_a_scrape_while_the_new_text_is_being_prerendered_gets_the_previous_one(
     assert series_of(found, "new") and not series_of(found, "old")
 
 
+def test_overlapping_prerenders_give_back_the_gil_switch_interval(monkeypatch):
+    """A poll can end while the text of the one before is still rendering (a slow
+    render at a short interval): the second render must not take the first's short
+    switch interval for the process's own and keep it for good."""
+    import sys
+
+    h = Holder(snap(ctx("a", ctx_id="1", processes=1)))
+    col = h.collector()
+    reg = build_registry(col, process_metrics=False)
+    b"".join(reg.exposition())  # scraped: the next published() prerenders
+    started = []
+    monkeypatch.setattr(threading.Thread, "start", lambda self: started.append(self))
+    h.snapshot = snap(ctx("b", ctx_id="2", processes=1), t=2000.0)
+    col.published()
+    h.snapshot = snap(ctx("c", ctx_id="3", processes=1), t=3000.0)
+    col._scraped = True  # a scrape came in meanwhile
+    col.published()
+    assert len(started) == 2
+    monkeypatch.undo()
+    render = col._text.render
+    second = threading.Thread(target=started[1].run)
+
+    def render_while_the_next_poll_ends(families):
+        if not second.is_alive() and second.ident is None:
+            second.start()  # it reads the interval, then waits for the lock
+            time.sleep(0.2)
+        return render(families)
+
+    monkeypatch.setattr(col._text, "render", render_while_the_next_poll_ends)
+    switch = sys.getswitchinterval()
+    try:
+        started[0].run()
+        second.join(10)
+        assert not second.is_alive()
+        assert sys.getswitchinterval() == switch
+    finally:
+        sys.setswitchinterval(switch)
+    found = samples(b"".join(reg.exposition()).decode())
+    assert series_of(found, "c")
+
+
 def test_process_figures_are_prometheus_clients_with_open_fds_counted_cheaply():
     from exporters.prometheus import _ProcessCollector
 
