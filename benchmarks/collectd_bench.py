@@ -33,7 +33,9 @@ window of each, and ctxmon/collectd.
 Also (each can be skipped):
 - `--scrapers`: 10 processes scraping ctxmon's /metrics (gzip, as Prometheus asks)
   every --scrape-every seconds at 1,000 contexts: scrape p50/p99 and ctxmon's poll
-  duration (its log) with and without them;
+  duration (its log) with and without them, in alternating phases (off, on, off, on,
+  ..., --scrape-cycles of each, --scrape-per-phase polls each): medians per condition,
+  each phase's median, and each scraped phase against the unscraped ones either side;
 - `--vserver`: a recorded VServer tree with 1,000 guests, generated from the
   tests/fixtures/vs23 formats, polled by `ctxmon run`: CPU per poll, next to the
   1,000 cgroup contexts;
@@ -402,17 +404,94 @@ def run_pair(n: int, way: str, base: str, interval: int, windows: int,
             c.stop()
 
 
+# ------------------------------------------------------------------ the floor
+
+
+def _next_second() -> int:
+    """Sleep into a new second; that second (every file's next update is later than
+    its last)."""
+    now = time.time()
+    time.sleep(int(now) + 1 - now + 0.01)
+    return int(time.time())
+
+
+def rrd_floor(rrd_dir: str, base: str, repeats: int = 3) -> dict:
+    """What no monitor writing ctxmon's files can go below, on the files ctxmon just
+    wrote (stopped): librrd's CPU for one `rrdtool.update` of each file, all its data
+    sources given, in a tight in-process loop (the strings made beforehand); and the
+    same updates sent to an rrdcached of its own as one BATCH: the client's CPU
+    (making the lines and the exchange) and rrdcached's. Medians of `repeats`, each
+    at a new second; the rrdcached gets one unmeasured BATCH first (a file's first
+    update there reads its header: a daemon does that once)."""
+    import rrdtool
+
+    from collector import catalog
+    from exporters.rrdlayout import list_rrd_files
+
+    files = [(f.path, len(catalog.FILE_KIND[f.kind].data_sources))
+             for f in list_rrd_files(rrd_dir) if f.kind in catalog.FILE_KIND]
+    out: dict = {"files": len(files), "direct_cpu": [], "direct_wall": [],
+                 "batch_client_cpu": [], "batch_rrdcached_cpu": [], "batch_errors": 0}
+    for _ in range(repeats):
+        ts = _next_second()
+        args = [(path, f"{ts}:" + ":".join([str(ts)] * nds)) for path, nds in files]
+        update = rrdtool.update
+        t0, w0 = time.thread_time(), time.perf_counter()
+        for path, value in args:
+            update(path, value)
+        out["direct_cpu"].append(time.thread_time() - t0)
+        out["direct_wall"].append(time.perf_counter() - w0)
+    if shutil.which("rrdcached"):
+        cache = Rrdcached(os.path.join(base, "floor-rrdcached"))
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(cache.sock)
+                reply = s.makefile("rb")
+                for i in range(repeats + 1):
+                    ts = _next_second()
+                    values = [(path, ":".join([str(ts)] * nds)) for path, nds in files]
+                    c0, t0 = cache.cpu(), time.thread_time()
+                    s.sendall(b"BATCH\n")
+                    reply.readline()
+                    s.sendall(("".join([f"UPDATE {path} {ts}:{v}\n" for path, v in values])
+                               + ".\n").encode())
+                    errors = int(reply.readline().split()[0])
+                    for _ in range(errors):
+                        reply.readline()
+                    client = time.thread_time() - t0
+                    time.sleep(0.05)  # rrdcached's threads done with the batch
+                    if i:
+                        out["batch_client_cpu"].append(client)
+                        out["batch_rrdcached_cpu"].append(cache.cpu() - c0)
+                        out["batch_errors"] += errors
+        finally:
+            cache.stop()
+    return {k: (statistics.median(v) if v else None) if isinstance(v, list) else v
+            for k, v in out.items()}
+
+
 # ------------------------------------------------------------------ scrapers
 
 
-def _scraper(port: int, every: float, stop_at: float, queue) -> None:
+def _scraper(port: int, every: float, on, stop, queue) -> None:
+    """Scrape /metrics every `every` seconds while `on` is set, until `stop` is; each
+    stretch of scraping starts at a random point of `every`. Puts its (wall time,
+    latency) pairs and its failure count on `queue` at the end."""
     import random
 
-    lat: list[float] = []
+    lat: list[tuple[float, float]] = []
     failures = 0
-    time.sleep(random.random() * every)
     conn = None
-    while time.monotonic() < stop_at:
+    scraping = False
+    while not stop.is_set():
+        if not on.is_set():
+            scraping = False
+            on.wait(0.2)
+            continue
+        if not scraping:
+            scraping = True
+            time.sleep(random.random() * every)
+            continue
         t0 = time.perf_counter()
         wall = time.time()
         try:
@@ -450,49 +529,91 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
-def run_scrapers(n: int, base: str, interval: int, polls: int, scrapers: int,
-                 every: float) -> dict:
+def run_scrapers(n: int, base: str, interval: int, cycles: int, per_phase: int,
+                 scrapers: int, every: float) -> dict:
+    """ctxmon's poll with and without `scrapers` scraping, in alternating phases of
+    `per_phase` polls (off, on, off, on, ..., `cycles` of each), so that a change of
+    the host's load falls on both alike. The scrapers are started once and switched
+    on and off. A phase starts in the middle between two polls and lasts `per_phase`
+    intervals: the polls logged in it are its polls (the daemon's own durations)."""
     os.makedirs(base)
     cx = Ctxmon(ctxmon_config(base, interval, None), os.path.join(base, "ctxmon.log"))
+    ctx = multiprocessing.get_context("fork")
+    on, stop, q = ctx.Event(), ctx.Event(), ctx.Queue()
+    workers = []
     try:
         wait_until("ctxmon's first polls", lambda: len(cx.polls()) >= 3, [cx], 120 + n * 0.1)
-        k = len(cx.polls())
-        wait_until("quiet polls", lambda: len(cx.polls()) >= k + polls, [cx],
-                   (polls + 2) * interval + 60)
-        quiet = [p[3] for p in cx.polls()[k:k + polls]]
-        settle_after_poll(cx, interval)
-        k = len(cx.polls())
-        stop_at = time.monotonic() + polls * interval
-        ctx = multiprocessing.get_context("fork")
-        q = ctx.Queue()
-        workers = [ctx.Process(target=_scraper, args=(cx.port, every, stop_at, q))
+        workers = [ctx.Process(target=_scraper, args=(cx.port, every, on, stop, q))
                    for _ in range(scrapers)]
         for w in workers:
             w.start()
-        results = [q.get(timeout=polls * interval + 60) for _ in workers]
+        settle_after_poll(cx, interval)
+        phases = []
+        t = time.monotonic()
+        for i in range(2 * cycles):
+            scraped = i % 2 == 1
+            (on.set if scraped else on.clear)()
+            k, cpu0 = len(cx.polls()), cx.cpu()
+            t += per_phase * interval
+            time.sleep(max(0.0, t - time.monotonic()))
+            polls = [p[3] for p in cx.polls()[k:]]
+            phases.append({"scraped": scraped, "poll_ms": polls,
+                           "cpu_per_poll": (cx.cpu() - cpu0) / max(1, len(polls))})
+            if not cx.alive():
+                raise RuntimeError(f"ctxmon died:\n{cx.text()[-3000:]}")
+        on.clear()
+        stop.set()
+        results = [q.get(timeout=60) for _ in workers]
         for w in workers:
             w.join()
-        busy = [p[3] for p in cx.polls()[k:]]
+        workers = []
         timed = [x for r, _ in results for x in r]
         lat = [x for _, x in timed]
         # Which scrapes overlapped a poll (the cause of slow ones, if they are there).
         spans = poll_spans(cx.text())
         during = [x for t, x in timed if any(a - x <= t <= b for a, b in spans)]
         apart = [x for t, x in timed if not any(a - x <= t <= b for a, b in spans)]
+        quiet = [ms for p in phases if not p["scraped"] for ms in p["poll_ms"]]
+        busy = [ms for p in phases if p["scraped"] for ms in p["poll_ms"]]
+        # Each scraped phase against the mean of the unscraped phases either side of it.
+        paired = []
+        for i in range(1, len(phases), 2):
+            around = [statistics.median(phases[j]["poll_ms"]) for j in (i - 1, i + 1)
+                      if j < len(phases) and phases[j]["poll_ms"]]
+            if around and phases[i]["poll_ms"]:
+                paired.append(statistics.median(phases[i]["poll_ms"])
+                              / statistics.mean(around) - 1)
         return {
-            "n": n, "scrapers": scrapers, "every": every,
+            "n": n, "scrapers": scrapers, "every": every, "cycles": cycles,
+            "per_phase": per_phase, "phases": phases,
             "scrapes": len(lat), "failures": sum(f for _, f in results),
             "p50_ms": percentile(lat, 0.50) * 1e3, "p99_ms": percentile(lat, 0.99) * 1e3,
             "max_ms": max(lat) * 1e3 if lat else float("nan"),
             "during_polls": len(during), "p99_during_ms": percentile(during, 0.99) * 1e3,
             "p50_during_ms": percentile(during, 0.50) * 1e3,
             "p99_apart_ms": percentile(apart, 0.99) * 1e3,
-            "poll_ms_quiet": statistics.median(quiet),
+            "poll_ms_quiet": statistics.median(quiet) if quiet else float("nan"),
             "poll_ms_scraped": statistics.median(busy) if busy else float("nan"),
+            "phase_medians_quiet": [statistics.median(p["poll_ms"]) for p in phases
+                                    if not p["scraped"] and p["poll_ms"]],
+            "phase_medians_scraped": [statistics.median(p["poll_ms"]) for p in phases
+                                      if p["scraped"] and p["poll_ms"]],
+            "paired_change": paired,
+            "cpu_per_poll_quiet": statistics.median(p["cpu_per_poll"] for p in phases
+                                                    if not p["scraped"]),
+            "cpu_per_poll_scraped": statistics.median(p["cpu_per_poll"] for p in phases
+                                                      if p["scraped"]),
             "host_processes": cx.polls()[-1][2],
-            "polls_scraped": len(busy),
+            "polls_quiet": len(quiet), "polls_scraped": len(busy),
         }
     finally:
+        stop.set()
+        on.set()  # wakes a waiting scraper to see `stop`
+        for w in workers:
+            w.join(timeout=15)
+            if w.is_alive():
+                w.kill()
+                w.join()
         cx.stop()
 
 
@@ -618,6 +739,62 @@ def print_table(rows: list[dict]) -> None:
     sys.stdout.flush()
 
 
+def print_floors(floors: list[dict], pairs: list[dict]) -> None:
+    """Per size: librrd's CPU for one update of each of ctxmon's files (what no monitor
+    writing them all can go below) next to collectd's whole poll, same run."""
+    if not floors:
+        return
+    print()
+    print("| contexts | ctxmon's files | floor: librrd, one update each (CPU) | "
+          "collectd CPU/poll, direct | floor / collectd | ctxmon / floor | floor: one BATCH "
+          "of them, client CPU (rrdcached's) | collectd CPU/poll, rrdcached | "
+          "BATCH floor / collectd |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def cpu(n: int, way: str, who: str) -> float | None:
+        return next((p["cpu"][who] for p in pairs if p["n"] == n and p["way"] == way), None)
+
+    def ms(v: float | None, digits: int = 0) -> str:
+        return "–" if v is None else f"{v * 1e3:.{digits}f} ms"
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return f"{a / b:.2f}x" if a is not None and b else "–"
+
+    for f in floors:
+        n = f["n"]
+        cd, cdc, cx = cpu(n, "direct", "collectd"), cpu(n, "rrdcached", "collectd"), \
+            cpu(n, "direct", "ctxmon")
+        batch, cached = f["batch_client_cpu"], f["batch_rrdcached_cpu"]
+        print(f"| {n:,} | {f['files']:,} | {ms(f['direct_cpu'])} | {ms(cd)} | "
+              f"{ratio(f['direct_cpu'], cd)} | {ratio(cx, f['direct_cpu'])} | "
+              f"{ms(batch, 1)} ({ms(cached)}) | {ms(cdc)} | {ratio(batch, cdc)} |")
+    sys.stdout.flush()
+
+
+def print_scrapes(s: dict) -> None:
+    def ms(values: list[float]) -> str:
+        return ", ".join(f"{v:.0f}" for v in values)
+
+    quiet, busy = s["poll_ms_quiet"], s["poll_ms_scraped"]
+    print(f"\n{s['scrapers']} scrapers (gzip, one scrape each per {s['every']:g} s) at "
+          f"{s['n']:,} contexts, {s['cycles']} phases without and {s['cycles']} with them, "
+          f"alternating, {s['per_phase']} polls each: {s['scrapes']} scrapes, "
+          f"{s['failures']} failed, p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, "
+          f"max {s['max_ms']:.1f} ms; {s['during_polls']} scrapes overlapped a poll: "
+          f"p50 {s['p50_during_ms']:.1f} ms, p99 {s['p99_during_ms']:.1f} ms; the others' "
+          f"p99 {s['p99_apart_ms']:.1f} ms")
+    print(f"  ctxmon poll (wall, its log), median of {s['polls_quiet']} polls without "
+          f"scrapers {quiet:.0f} ms, of {s['polls_scraped']} with {busy:.0f} ms "
+          f"({busy / quiet - 1:+.1%}); phase medians without: {ms(s['phase_medians_quiet'])} "
+          f"ms, with: {ms(s['phase_medians_scraped'])} ms; each scraped phase against "
+          f"the unscraped ones either side: "
+          f"{', '.join(f'{c:+.0%}' for c in s['paired_change'])} "
+          f"(median {statistics.median(s['paired_change']):+.1%})")
+    print(f"  ctxmon CPU per poll (all threads, phase medians): without "
+          f"{s['cpu_per_poll_quiet'] * 1e3:.0f} ms, with {s['cpu_per_poll_scraped'] * 1e3:.0f} ms",
+          flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="100,1000,5000", help="context counts (comma-separated)")
@@ -631,10 +808,16 @@ def main() -> int:
     ap.add_argument("--windows", type=int, default=5, help="measured windows per run")
     ap.add_argument("--per-window", type=int, default=2, help="polls per measured window")
     ap.add_argument("--no-pairs", action="store_true", help="skip the ctxmon/collectd runs")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="skip the librrd floor measured on ctxmon's files after each size's "
+                         "first run")
     ap.add_argument("--scrapers", type=int, default=10, help="0: skip the scrape test")
     ap.add_argument("--scrape-n", type=int, default=1000)
     ap.add_argument("--scrape-every", type=float, default=1.0,
                     help="seconds between one scraper's scrapes")
+    ap.add_argument("--scrape-cycles", type=int, default=4,
+                    help="phases without, then with scrapers, this many of each, alternating")
+    ap.add_argument("--scrape-per-phase", type=int, default=3, help="polls per phase")
     ap.add_argument("--vserver", type=int, default=1000, help="guests; 0: skip")
     ap.add_argument("--profile", action="store_true", help="only profile one poll")
     ap.add_argument("--profile-n", type=int, default=1000)
@@ -660,7 +843,7 @@ def main() -> int:
     base = os.path.realpath(tempfile.mkdtemp(prefix="ctxmon-collectd-bench-"))
     sizes = [int(s) for s in args.sizes.split(",") if s]
     ways = [w for w in args.ways.split(",") if w]
-    results: dict = {"pairs": [], "scrape": None, "vserver": None, "profile": None,
+    results: dict = {"pairs": [], "floors": [], "scrape": None, "vserver": None, "profile": None,
                      "interval": args.interval, "windows": args.windows,
                      "load": os.getloadavg()}
     contexts: Contexts | None = None
@@ -686,27 +869,31 @@ def main() -> int:
                           f"{c['collectd'] * 1e3:.0f} ms CPU per poll "
                           f"({r['ctxmon_contexts']} ctxmon contexts, "
                           f"{r['host_processes']:.0f} processes on the host)", flush=True)
+                    if not args.no_floor and not any(f["n"] == n for f in results["floors"]):
+                        f = rrd_floor(os.path.join(base, f"{n}-{way}", "ctxmon", "rrd"),
+                                      os.path.join(base, f"{n}-{way}"))
+                        f["n"] = n
+                        results["floors"].append(f)
+                        batch = (f"; one BATCH of them {f['batch_client_cpu'] * 1e3:.1f} ms "
+                                 f"(client), {f['batch_rrdcached_cpu'] * 1e3:.0f} ms (rrdcached)"
+                                 if f["batch_client_cpu"] is not None else "")
+                        print(f"  floor: librrd, one update of each of ctxmon's "
+                              f"{f['files']:,} files {f['direct_cpu'] * 1e3:.0f} ms CPU{batch}",
+                              flush=True)
                     shutil.rmtree(os.path.join(base, f"{n}-{way}"), ignore_errors=True)
                 contexts.destroy()
                 contexts = None
             print_table(results["pairs"])
+            print_floors(results["floors"], results["pairs"])
         if args.scrapers:
             contexts = Contexts(args.scrape_n, os.urandom(3).hex())
             contexts.create()
             s = results["scrape"] = run_scrapers(
                 args.scrape_n, os.path.join(base, "scrape"), args.interval,
-                args.windows, args.scrapers, args.scrape_every)
+                args.scrape_cycles, args.scrape_per_phase, args.scrapers, args.scrape_every)
             contexts.destroy()
             contexts = None
-            print(f"\n{s['scrapers']} scrapers (gzip, one scrape each per {s['every']:g} s) at "
-                  f"{s['n']:,} contexts: {s['scrapes']} scrapes, {s['failures']} failed, "
-                  f"p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, max {s['max_ms']:.1f} ms; "
-                  f"ctxmon poll median {s['poll_ms_quiet']:.0f} ms without scrapers, "
-                  f"{s['poll_ms_scraped']:.0f} ms with "
-                  f"({s['poll_ms_scraped'] / s['poll_ms_quiet'] - 1:+.0%}); "
-                  f"{s['during_polls']} scrapes overlapped a poll: p50 {s['p50_during_ms']:.1f} ms, "
-                  f"p99 {s['p99_during_ms']:.1f} ms; the others' p99 {s['p99_apart_ms']:.1f} ms",
-                  flush=True)
+            print_scrapes(s)
         if args.vserver:
             v = results["vserver"] = run_vserver(args.vserver, os.path.join(base, "vserver"),
                                                  args.interval, args.windows, args.per_window)
