@@ -3,7 +3,7 @@
 # make bench - CPU per poll next to collectd on the same cgroups (root; ~20 min)
 # make demo  - write a demo history (24 servers, 3 hosts, 30 days) to var/demo and plan it
 # Both are idempotent: packages are installed only when missing, the venv is rebuilt
-# only when pyproject.toml changes.
+# only when pyproject.toml, setup.py or the C reader of /proc changes.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -51,7 +51,7 @@ test-deps:
 # says what it installs (pip itself stays quiet).
 PROJECT_LIST = $(PYTHON) -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(", ".join(p["optional-dependencies"][sys.argv[1]] if len(sys.argv) > 1 else p["dependencies"]))'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py collector/_procscan.c
 	@test -x $(VENV)/bin/python || { echo "setup: creating the virtualenv $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	@echo "setup: upgrading pip in $(VENV)"
 	@$(VENV)/bin/python -m pip install -q --upgrade pip
@@ -75,4 +75,4 @@ bench: setup
 	$(VENV)/bin/python benchmarks/collectd_bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var build collector/_procscan.*.so

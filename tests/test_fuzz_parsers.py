@@ -147,16 +147,24 @@ def scan_tree():
 
 @fuzz(300)
 @given(data=mutated(STAT_SEEDS))
-def test_the_scanners_inline_parse_agrees_with_parse_stat(scan_tree, data):
-    """ProcessScanner parses stat lines inline (the hot path); it must take what
-    parse_stat takes and count as an error what parse_stat refuses."""
+@pytest.mark.parametrize("reader", ["python", "c"])
+def test_the_scanners_inline_parse_agrees_with_parse_stat(scan_tree, reader, data):
+    """ProcessScanner parses stat lines inline (the hot path), or through the C
+    reader in one-shot scans; each must take what parse_stat takes and count as an
+    error what parse_stat refuses."""
     with open(os.path.join(scan_tree, "4242", "stat"), "wb") as f:
         f.write(data)
+    c_reader = procfs._procscan
+    if reader == "python":
+        procfs._procscan = None
+    else:
+        assert c_reader is not None
     scanner = ProcessScanner(scan_tree, max_open=0)
     try:
         scan = scanner.scan()
     finally:
         scanner.close()
+        procfs._procscan = c_reader
     if not data:
         assert (scan.procs, scan.errors, scan.vanished) == ([], 0, 1)  # read as a gone pid
         return

@@ -133,3 +133,99 @@ def test_scanner_rereads_held_files():
     after = {p.pid: p for p in sc.scan().procs}[me]
     assert after.utime + after.stime >= before.utime + before.stime + 20  # 0.3 s at 100 Hz
     sc.close()
+
+
+# --------------------------------------------------- the C reader of one-shot scans
+
+
+def scan_with(root: str, c_reader: bool, skip_pid=None):
+    """One max_open=0 scan through the C reader or the pure-Python loop."""
+    from collector import procfs
+
+    saved = procfs._procscan
+    procfs._procscan = saved if c_reader else None
+    try:
+        scanner = ProcessScanner(root, max_open=0)
+        scan = scanner.scan(skip_pid=skip_pid)
+        scanner.close()
+    finally:
+        procfs._procscan = saved
+    return sorted(scan.procs), scan.errors, scan.vanished
+
+
+def test_the_c_reader_is_built():
+    """setup.py builds collector/_procscan.c (gcc and python3-dev are in `make setup`);
+    without it `ctxmon stat` silently takes the slower pure-Python scan."""
+    from collector import procfs
+
+    assert procfs._procscan is not None, "collector._procscan missing: pip install -e . failed to compile it"
+
+
+def _copy_live_stats(dst, limit=400):
+    n = 0
+    for name in os.listdir("/proc"):
+        if name.isdigit() and n < limit:
+            try:
+                data = open(f"/proc/{name}/stat", "rb").read()
+            except OSError:
+                continue
+            os.makedirs(dst / name)
+            (dst / name / "stat").write_bytes(data)
+            n += 1
+    return n
+
+
+def test_the_c_reader_and_the_python_loop_agree_on_a_hostile_tree(tmp_path):
+    """Both readers of a frozen copy of this host's stat files plus every trap a
+    recorded tree can hold: same processes, same errors, same vanished."""
+    live = _copy_live_stats(tmp_path)
+    assert live > 5
+    good = STAT_TRAP  # its comm holds ") (" and a blank
+
+    def put(name, data=None):
+        (tmp_path / name).mkdir()
+        if data is not None:
+            (tmp_path / name / "stat").write_bytes(data)
+
+    put("900001")  # vanished: no stat
+    put("900002", b"")  # vanished: empty
+    put("900003"); os.mkdir(tmp_path / "900003" / "stat")  # error: a directory
+    put("900004"); os.mkfifo(tmp_path / "900004" / "stat")  # error, and never blocks
+    put("900005"); os.symlink("/dev/null", tmp_path / "900005" / "stat")  # error: device
+    put("900006", good.replace(b") S", b")\tS"))  # not the kernel's shape: Python judges
+    put("900007", good.replace(b" 150 30 ", b"  150\t30 "))  # odd blanks: Python takes it
+    put("900008", good[:60])  # truncated: error
+    put("900009", good.replace(b" 150 30 ", b" -150 30 "))  # a negative utime: error
+    put("900010", good.replace(b" 150 30 ", b" 9223372036854775808 30 "))  # 2**63: error
+    put("900014", good.replace(b" 150 30 ", b" 99999999999999999999 30 "))  # 20 digits: error
+    put("900011", good.replace(b" 150 30 ", b" 1_5 30 "))  # int() takes it, so both do
+    put("900012", good)  # the pid to skip
+    put("123456789012345678901234567890", good)  # a pid no kernel has: kept, as Python does
+    put("00900013", good)  # leading zeros
+    put("x12")  # not a pid
+    (tmp_path / "²").mkdir()  # "²".isdigit() is true in Python
+    c = scan_with(str(tmp_path), True, skip_pid=900012)
+    py = scan_with(str(tmp_path), False, skip_pid=900012)
+    assert c == py
+    procs, errors, vanished = c
+    pids = {p.pid for p in procs}
+    assert {900006, 900007, 900011, 123456789012345678901234567890, 900013} <= pids
+    assert not pids & {900001, 900002, 900003, 900004, 900005, 900008, 900009, 900010, 900012, 900014}
+    assert (len(procs), errors, vanished) == (live + 5, 7, 2)
+    by_pid = {p.pid: p for p in procs}
+    assert by_pid[900011].utime == 15 and by_pid[900007].utime == 150
+    assert tuple(by_pid[900013]) == (900013, 98765, 150, 30, 7, 3, 3, 123456789, 2500)
+
+
+def test_the_c_reader_reads_the_live_proc_as_the_python_loop_does():
+    """On the real /proc: every long-lived process seen by both with the same values
+    (times may tick between the two scans, the rest does not)."""
+    c = {p.pid: p for p in scan_with("/proc", True)[0]}
+    py = {p.pid: p for p in scan_with("/proc", False)[0]}
+    both = set(c) & set(py)
+    assert os.getpid() in both and len(both) >= 0.9 * len(py)
+    for pid in both:
+        a, b = c[pid], py[pid]
+        assert (a.pid, a.start) == (b.pid, b.start)
+        assert a.utime <= b.utime and a.stime <= b.stime  # the Python scan came second
+    assert type(c[os.getpid()]).__name__ == "ProcStat"
