@@ -229,3 +229,21 @@ def test_the_c_reader_reads_the_live_proc_as_the_python_loop_does():
         assert (a.pid, a.start) == (b.pid, b.start)
         assert a.utime <= b.utime and a.stime <= b.stime  # the Python scan came second
     assert type(c[os.getpid()]).__name__ == "ProcStat"
+
+
+def test_the_c_reader_splits_a_large_tree_among_threads_and_loses_nothing(tmp_path):
+    """5,000 processes (the reads are split among threads from 4,096 on), the odd
+    ones interleaved: every process once, with its own values, as the Python loop."""
+    for pid in range(1, 5001):
+        (tmp_path / str(pid)).mkdir()
+        line = STAT_TRAP.replace(b"4242 ", b"%d " % pid, 1).replace(b" 150 30 ", b" %d 30 " % pid)
+        if pid % 997 == 0:
+            line = line.replace(b") S", b")\tS")  # back to Python
+        if pid % 1009 != 0:  # these vanished
+            (tmp_path / str(pid) / "stat").write_bytes(line)
+    c = scan_with(str(tmp_path), True, skip_pid=4999)
+    assert c == scan_with(str(tmp_path), False, skip_pid=4999)
+    procs, errors, vanished = c
+    assert (errors, vanished) == (0, 4)
+    assert [(p.pid, p.utime) for p in procs] == [(i, i) for i in range(1, 5001)
+                                                 if i % 1009 and i != 4999]
