@@ -19,7 +19,7 @@
  * building, which runs on every CPU at once. The CPU time stays what it is; the
  * admin waits about half as long on two CPUs.
  *
- * scan(root: str, skip_pid: int, cls: type) ->
+ * scan(root: str, skip_pid: int, cls: type[, max_threads: int = 4]) ->
  *     (procs: list[cls], unparsed: list[(pid, bytes)], errors: int, vanished: int,
  *      failures: list[(name, errno)])       errno 0: not a regular file
  * `cls` is procfs.ProcStat (a tuple subclass of 9 ints: pid, start, utime, stime,
@@ -218,9 +218,12 @@ static PyObject *scan(PyObject *self, PyObject *args)
     PyObject *root_obj;
     long long skip_pid;
     PyTypeObject *cls;
-    if (!PyArg_ParseTuple(args, "O&LO!", PyUnicode_FSConverter, &root_obj, &skip_pid,
-                          &PyType_Type, &cls))
+    int max_threads = MAX_THREADS;
+    if (!PyArg_ParseTuple(args, "O&LO!|i", PyUnicode_FSConverter, &root_obj, &skip_pid,
+                          &PyType_Type, &cls, &max_threads))
         return NULL;
+    if (max_threads < 1 || max_threads > MAX_THREADS)
+        max_threads = MAX_THREADS;
     if (!PyType_IsSubtype(cls, &PyTuple_Type) || cls->tp_dictoffset != 0) {
         Py_DECREF(root_obj);
         PyErr_SetString(PyExc_TypeError, "cls must be a tuple subclass without __dict__");
@@ -292,7 +295,7 @@ static PyObject *scan(PyObject *self, PyObject *args)
      * (path lookup, building each line), and it runs on every CPU at once. */
     if (listed && n > 0) {
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        size_t k = (size_t)(cpus < 1 ? 1 : cpus > MAX_THREADS ? MAX_THREADS : cpus);
+        size_t k = (size_t)(cpus < 1 ? 1 : cpus > max_threads ? max_threads : cpus);
         if (k > n / PER_THREAD)
             k = n / PER_THREAD ? n / PER_THREAD : 1;
         struct job jobs[MAX_THREADS];
@@ -383,7 +386,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
-     "scan(root, skip_pid, cls) -> (procs, unparsed, errors, vanished, failures)"},
+     "scan(root, skip_pid, cls[, max_threads]) -> (procs, unparsed, errors, vanished, failures)"},
     {NULL, NULL, 0, NULL},
 };
 
