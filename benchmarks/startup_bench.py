@@ -5,7 +5,9 @@ in the same run?
 - `ctxmon --version` against `python3 -c pass` (target: at most 2x);
 - `ctxmon stat` on the host as it is (idle) against `python3 -c pass` (at most 4x);
 - with N sleeping processes (default 20,000) in G real v2 cgroups (default 8),
-  `ctxmon stat --json` against `ps -e -o pid,vsz,rss,times,cgroup` (at most 0.5x).
+  `ctxmon stat --json` against `ps -e -o pid,vsz,rss,times,cgroup` (at most 0.5x);
+  then the scan of /proc alone, in this process: the pure-Python loop, the C reader
+  (collector/_procscan.c) with one thread and with two, wall and CPU.
 
 The commands of one comparison run interleaved (a, b, a, b, ...), so a load change
 on the machine hits both alike; medians of the wall times. Spawns and removes its
@@ -65,6 +67,27 @@ def read_floor() -> float:
                 pass
             os.close(fd)
     return time.perf_counter() - t0
+
+
+def scan_cost(threads: int | None) -> tuple[float, float]:
+    """(wall, CPU) seconds of one in-process scan of /proc: the C reader with this many
+    threads, or (None) the pure-Python loop `ctxmon stat` falls back to."""
+    from collector import procfs
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)  # all threads
+        return r.ru_utime + r.ru_stime
+
+    t0, c0 = time.perf_counter(), cpu()
+    if threads is None:
+        saved, procfs._procscan = procfs._procscan, None
+        try:
+            procfs.ProcessScanner("/proc", max_open=0).scan()
+        finally:
+            procfs._procscan = saved
+    else:
+        procfs._procscan.scan("/proc", -1, procfs.ProcStat, threads)
+    return time.perf_counter() - t0, cpu() - c0
 
 
 def compare(a: list[str], b: list[str], repeat: int):
@@ -147,6 +170,17 @@ def main() -> None:
         print(f"floor: listing /proc and open+read+close of each <pid>/stat in a Python "
               f"loop {floor * 1e3:.1f} ms = {floor / ps[0]:.2f}x of ps (+ python3 -c pass "
               f"{p[0] * 1e3:.1f} ms = {(floor + p[0]) / ps[0]:.2f}x)")
+        # The scan alone, in this process: the pure-Python loop against the C reader
+        # with one thread and with two (interleaved, medians).
+        ways = {"Python loop": None, "C reader, 1 thread": 1, "C reader, 2 threads": 2}
+        costs: dict[str, list] = {w: [] for w in ways}
+        for _ in range(max(5, args.repeat)):
+            for w, threads in ways.items():
+                costs[w].append(scan_cost(threads))
+        for w, xs in costs.items():
+            wall = statistics.median(x[0] for x in xs)
+            cpu = statistics.median(x[1] for x in xs)
+            print(f"scan of /proc in-process, {w:<20} wall {wall * 1e3:6.1f} ms  CPU {cpu * 1e3:6.1f} ms")
         print("load average %.2f %.2f %.2f at end" % os.getloadavg())
     finally:
         for p in procs:

@@ -14,12 +14,13 @@
  * parse_stat unparsed, so what is accepted and what is an error is decided by one
  * parser, not two.
  *
- * The reads run without the GIL, split among up to 4 threads (one per CPU, at least
- * 2,048 files each): nearly all of a scan is the kernel's path lookup and line
- * building, which runs on every CPU at once. The CPU time stays what it is; the
- * admin waits about half as long on two CPUs.
+ * The reads run without the GIL, split between two threads when there are two CPUs
+ * and at least 4,096 files: nearly all of a scan is the kernel's path lookup and
+ * line building, which runs on both CPUs at once. At 20,000 processes the admin
+ * waits a quarter less (119 -> 91 ms) for a fifth more CPU (119 -> 143 ms: the
+ * threads contend in the kernel); benchmarks/startup_bench.py prints both.
  *
- * scan(root: str, skip_pid: int, cls: type[, max_threads: int = 4]) ->
+ * scan(root: str, skip_pid: int, cls: type[, max_threads: int = 2]) ->
  *     (procs: list[cls], unparsed: list[(pid, bytes)], errors: int, vanished: int,
  *      failures: list[(name, errno)])       errno 0: not a regular file
  * `cls` is procfs.ProcStat (a tuple subclass of 9 ints: pid, start, utime, stime,
@@ -210,7 +211,7 @@ static void *run_job(void *arg)
     return NULL;
 }
 
-#define MAX_THREADS 4
+#define MAX_THREADS 2 /* measured here: 2 CPUs; more would only be a guess */
 #define PER_THREAD 2048 /* fewer files than this per thread: not worth a thread */
 
 static PyObject *scan(PyObject *self, PyObject *args)

@@ -196,14 +196,22 @@ class Sampler:
     ) -> ContextSample:
         vsz = rss = threads = live_u = live_s = 0
         first = None
-        for p in members:
-            vsz += p.vsize
-            rss += p.rss
-            threads += p.threads
-            live_u += p.utime + p.cutime
-            live_s += p.stime + p.cstime
-            if first is None or p.start < first:
-                first = p.start
+        if len(members) > 16:
+            # Column sums in C: at 20,000 processes in a context (`ctxmon stat`) the
+            # loop below costs 5 ms; for a few it is the cheaper way.
+            _, start, utime, stime, cutime, cstime, n_threads, vsize, pages = zip(*members)
+            vsz, rss, threads = sum(vsize), sum(pages), sum(n_threads)
+            live_u, live_s = sum(utime) + sum(cutime), sum(stime) + sum(cstime)
+            first = min(start)
+        else:
+            for p in members:
+                vsz += p.vsize
+                rss += p.rss
+                threads += p.threads
+                live_u += p.utime + p.cutime
+                live_s += p.stime + p.cstime
+                if first is None or p.start < first:
+                    first = p.start
         first_start = None if first is None else first / CLK_TCK
 
         key = ident.key

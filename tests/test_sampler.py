@@ -117,6 +117,26 @@ def test_sample_sums_and_accounting_on_a_tree(tmp_path):
     assert snap2.errors["test"] == 1
 
 
+def test_large_contexts_sum_as_small_ones(tmp_path):
+    """A context of many processes is summed column-wise, a small one process by
+    process: the same sums either way (alpha: 20 odd pids, beta: 3 even ones)."""
+    procs = [P(2 * i + 1, 1000 - i, i, 2 * i, cu=i % 3, cs=i % 5, threads=1 + i % 4,
+               vsize=4096 * i, rss=i + 7) for i in range(20)]
+    procs += [P(2 * i, 50 + i, 3 * i, i, threads=2, vsize=10 * i, rss=i) for i in (1, 2, 3)]
+    _tree(tmp_path, procs)
+    src = TwoContexts()
+    snap = Sampler(src, str(tmp_path), clock=lambda: 10_000.0,
+                   scanner=ProcessScanner(str(tmp_path), max_open=0)).sample()
+    for name, members in (("alpha", procs[:20]), ("beta", procs[20:])):
+        c = snap.context(name)
+        assert (c.processes, c.threads, c.vsz_bytes, c.rss_bytes) == (
+            len(members), sum(p.threads for p in members), sum(p.vsize for p in members),
+            sum(p.rss for p in members) * PAGE_SIZE)
+        assert c.live_user_seconds == sum(p.utime + p.cutime for p in members) / CLK_TCK
+        assert c.live_system_seconds == sum(p.stime + p.cstime for p in members) / CLK_TCK
+        assert c.first_process_start == min(p.start for p in members) / CLK_TCK
+
+
 def test_missing_uptime_and_net_dev_are_counted_not_raised(tmp_path):
     (tmp_path / "11").mkdir()
     (tmp_path / "11" / "stat").write_text("11 (x) S 1 1 1 0 -1 0 0 0 0 0 1 2 0 0 20 0 1 0 5 6 7 0\n")
