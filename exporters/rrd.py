@@ -717,19 +717,8 @@ class RrdSink:
         """
         points: list[tuple[str, FileKind, str]] = []
         append = points.append
-        seen: set[str] = set()
         previous = self._targets
         targets: dict[tuple, tuple] = {}  # this poll's, so departed ones fall out
-
-        def add(path: str, kind: FileKind, values: str) -> None:
-            if path in seen:
-                self.skipped_count += 1
-                if path not in self._duplicates_warned:
-                    self._duplicates_warned.add(path)
-                    log.warning("RRD: two contexts or interfaces map to %s in one poll: only the first is stored", path)
-                return
-            seen.add(path)
-            append((path, kind, values))
 
         for c in snapshot.contexts:
             key = ("c", c.label)
@@ -738,19 +727,39 @@ class RrdSink:
             for path, kind, getters, scale in files:
                 if kind.present is not None and not kind.present(c):
                     continue
-                add(path, kind, _format(getters, scale, c, kind))
+                append((path, kind, _format(getters, scale, c, kind)))
             for i in c.interfaces:
                 ikey = ("i", c.label, i.name)
                 files = targets[ikey] = previous.get(ikey) or _targets(cdir, _CONTEXT_IF_KINDS, i.name)
                 for path, kind, getters, scale in files:
-                    add(path, kind, _format(getters, scale, i, kind))
+                    append((path, kind, _format(getters, scale, i, kind)))
         for i in snapshot.host_interfaces:
             hkey = ("h", i.name)
             files = targets[hkey] = previous.get(hkey) or _targets(self._host_root, _HOST_IF_KINDS, i.name)
             for path, kind, getters, scale in files:
-                add(path, kind, _format(getters, scale, i, kind))
+                append((path, kind, _format(getters, scale, i, kind)))
         self._targets = targets
+        if len({p[0] for p in points}) != len(points):  # rare: checked in one go
+            points = self._first_of_each(points)
         return points
+
+    def _first_of_each(self, points: list[tuple[str, FileKind, str]]
+                       ) -> list[tuple[str, FileKind, str]]:
+        """`points` with only the first of each path: two contexts or interfaces
+        mapped to one file in this poll (skipped, counted, warned once per path)."""
+        seen: set[str] = set()
+        out = []
+        for point in points:
+            path = point[0]
+            if path in seen:
+                self.skipped_count += 1
+                if path not in self._duplicates_warned:
+                    self._duplicates_warned.add(path)
+                    log.warning("RRD: two contexts or interfaces map to %s in one poll: only the first is stored", path)
+                continue
+            seen.add(path)
+            out.append(point)
+        return out
 
     def _context_targets(self, label: str) -> tuple[str, tuple]:
         cdir = layout.context_dir(self.directory, label)
@@ -763,18 +772,28 @@ class RrdSink:
         if self.write_behind:
             self._write_behind(points, ts)
             return
+        files, ready, update = self._files, self._ready, rrdtool.update
+        # A file enters a fault state only through this loop's own _fail, and no file
+        # comes twice in a poll: with none in one at the start, none is to be released.
+        release = self._ok if self._faults else None
         for path, kind, values in points:
-            f = self._ready(path, kind, ts)
-            if f is None:
-                continue
+            f = files.get(path)
+            if (f is None or not f.checked or f.invalid_key is not None
+                    or (f.last is not None and ts <= f.last)):
+                # Not the common case (a file checked before, written at an earlier
+                # time, where _ready has nothing to do but return it): its way.
+                f = ready(path, kind, ts)
+                if f is None:
+                    continue
             try:
-                rrdtool.update(path, f"{ts}:{values}")
+                update(path, f"{ts}:{values}")
             except rrdtool.OperationalError as e:
                 self._fail(path, f, "update failed: " + _reason(str(e)), str(e))
                 f.checked = False  # look again: the file may have gone or changed
             else:
                 f.last = ts
-                self._ok(path, f)
+                if release is not None:
+                    release(path, f)
 
     def _write_behind(self, points: list[tuple[str, FileKind, str]], ts: int) -> None:
         """Hold each file's update; write a file's held updates in one librrd call
