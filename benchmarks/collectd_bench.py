@@ -87,6 +87,20 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def proc_cpu_ns(pid: int) -> float:
+    """CPU seconds of a running process, all threads, to the nanosecond
+    (clock_getcpuclockid: the 10 ms ticks of /proc/<pid>/stat cannot resolve a few ms;
+    schedstat is off on this kernel)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    clock = ctypes.c_int()
+    err = libc.clock_getcpuclockid(pid, ctypes.byref(clock))
+    if err:
+        raise OSError(err, os.strerror(err))
+    return time.clock_gettime(clock.value)
+
+
 def v2_mount() -> str:
     with open("/proc/self/mountinfo") as f:
         for line in f:
@@ -275,7 +289,8 @@ def ctxmon_config(base: str, interval: int, rrdcached: str | None,
     return conf
 
 
-_POLL = re.compile(r"poll (\d+): (\d+) contexts, (\d+) processes, (\d+) ms \(sample (\d+) ms\)")
+_POLL = re.compile(r"poll (\d+): (\d+) contexts, (\d+) processes, (\d+) ms \(sample (\d+) ms\)"
+                   r"(?:, (\d+) ms CPU)?")
 
 
 class Ctxmon(Child):
@@ -284,10 +299,11 @@ class Ctxmon(Child):
         super().__init__([sys.executable, "-m", "ctxmon.cli", "-v", "run", "-c", conf],
                          log_path, cwd=REPO)
 
-    def polls(self) -> list[tuple[int, int, int, float, float]]:
-        """(poll number, contexts, processes, poll ms, sample ms) of each logged poll."""
-        return [(int(a), int(b), int(c), float(d), float(e))
-                for a, b, c, d, e in _POLL.findall(self.text())]
+    def polls(self) -> list[tuple[int, int, int, float, float, float]]:
+        """(poll number, contexts, processes, poll ms, sample ms, the poll thread's CPU
+        ms or NaN) of each logged poll."""
+        return [(int(a), int(b), int(c), float(d), float(e), float(f or "nan"))
+                for a, b, c, d, e, f in _POLL.findall(self.text())]
 
 
 def count_files(directory: str, suffix: str = ".rrd") -> int:
@@ -450,7 +466,7 @@ def rrd_floor(rrd_dir: str, base: str, repeats: int = 3) -> dict:
                 for i in range(repeats + 1):
                     ts = _next_second()
                     values = [(path, ":".join([str(ts)] * nds)) for path, nds in files]
-                    c0, t0 = cache.cpu(), time.thread_time()
+                    c0, t0 = proc_cpu_ns(cache.pid), time.thread_time()
                     s.sendall(b"BATCH\n")
                     reply.readline()
                     s.sendall(("".join([f"UPDATE {path} {ts}:{v}\n" for path, v in values])
@@ -462,7 +478,7 @@ def rrd_floor(rrd_dir: str, base: str, repeats: int = 3) -> dict:
                     time.sleep(0.05)  # rrdcached's threads done with the batch
                     if i:
                         out["batch_client_cpu"].append(client)
-                        out["batch_rrdcached_cpu"].append(cache.cpu() - c0)
+                        out["batch_rrdcached_cpu"].append(proc_cpu_ns(cache.pid) - c0)
                         out["batch_errors"] += errors
         finally:
             cache.stop()
@@ -529,6 +545,11 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
+def median_of(phases: list[dict], scraped: bool, key: str) -> float:
+    values = [v for p in phases if p["scraped"] == scraped for v in p[key]]
+    return statistics.median(values) if values else float("nan")
+
+
 def run_scrapers(n: int, base: str, interval: int, cycles: int, per_phase: int,
                  scrapers: int, every: float) -> dict:
     """ctxmon's poll with and without `scrapers` scraping, in alternating phases of
@@ -556,8 +577,11 @@ def run_scrapers(n: int, base: str, interval: int, cycles: int, per_phase: int,
             k, cpu0 = len(cx.polls()), cx.cpu()
             t += per_phase * interval
             time.sleep(max(0.0, t - time.monotonic()))
-            polls = [p[3] for p in cx.polls()[k:]]
+            logged = cx.polls()[k:]
+            polls = [p[3] for p in logged]
             phases.append({"scraped": scraped, "poll_ms": polls,
+                           "sample_ms": [p[4] for p in logged],
+                           "poll_cpu_ms": [p[5] for p in logged],
                            "cpu_per_poll": (cx.cpu() - cpu0) / max(1, len(polls))})
             if not cx.alive():
                 raise RuntimeError(f"ctxmon died:\n{cx.text()[-3000:]}")
@@ -605,6 +629,11 @@ def run_scrapers(n: int, base: str, interval: int, cycles: int, per_phase: int,
                                                       if p["scraped"]),
             "host_processes": cx.polls()[-1][2],
             "polls_quiet": len(quiet), "polls_scraped": len(busy),
+            # the poll thread's own CPU and the sampling part of the wall time
+            "poll_cpu_ms_quiet": median_of(phases, False, "poll_cpu_ms"),
+            "poll_cpu_ms_scraped": median_of(phases, True, "poll_cpu_ms"),
+            "sample_ms_quiet": median_of(phases, False, "sample_ms"),
+            "sample_ms_scraped": median_of(phases, True, "sample_ms"),
         }
     finally:
         stop.set()
@@ -767,7 +796,7 @@ def print_floors(floors: list[dict], pairs: list[dict]) -> None:
         batch, cached = f["batch_client_cpu"], f["batch_rrdcached_cpu"]
         print(f"| {n:,} | {f['files']:,} | {ms(f['direct_cpu'])} | {ms(cd)} | "
               f"{ratio(f['direct_cpu'], cd)} | {ratio(cx, f['direct_cpu'])} | "
-              f"{ms(batch, 1)} ({ms(cached)}) | {ms(cdc)} | {ratio(batch, cdc)} |")
+              f"{ms(batch, 1)} ({ms(cached, 1)}) | {ms(cdc)} | {ratio(batch, cdc)} |")
     sys.stdout.flush()
 
 
@@ -790,6 +819,9 @@ def print_scrapes(s: dict) -> None:
           f"the unscraped ones either side: "
           f"{', '.join(f'{c:+.0%}' for c in s['paired_change'])} "
           f"(median {statistics.median(s['paired_change']):+.1%})")
+    print(f"  the poll thread's own CPU (its log), median without {s['poll_cpu_ms_quiet']:.0f} "
+          f"ms, with {s['poll_cpu_ms_scraped']:.0f} ms; the sampling part of the poll "
+          f"{s['sample_ms_quiet']:.0f} / {s['sample_ms_scraped']:.0f} ms")
     print(f"  ctxmon CPU per poll (all threads, phase medians): without "
           f"{s['cpu_per_poll_quiet'] * 1e3:.0f} ms, with {s['cpu_per_poll_scraped'] * 1e3:.0f} ms",
           flush=True)
@@ -875,7 +907,7 @@ def main() -> int:
                         f["n"] = n
                         results["floors"].append(f)
                         batch = (f"; one BATCH of them {f['batch_client_cpu'] * 1e3:.1f} ms "
-                                 f"(client), {f['batch_rrdcached_cpu'] * 1e3:.0f} ms (rrdcached)"
+                                 f"(client), {f['batch_rrdcached_cpu'] * 1e3:.1f} ms (rrdcached)"
                                  if f["batch_client_cpu"] is not None else "")
                         print(f"  floor: librrd, one update of each of ctxmon's "
                               f"{f['files']:,} files {f['direct_cpu'] * 1e3:.0f} ms CPU{batch}",

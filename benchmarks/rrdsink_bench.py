@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The RRD sink's own Python per poll (direct writes), this checkout next to a git
-revision of exporters/rrd.py (default: main), in the same run.
+revision of exporters/rrd.py (default: BASELINE, just before the sink's Python was cut
+for issue 15), in the same run.
 
 One synthetic snapshot of N contexts (catalog_bench's: cpu, mem, tasks and an
 interface file per context, 4 host interfaces). Each sink creates its files on a
@@ -10,7 +11,7 @@ bookkeeping): `RrdSink.write` of one poll, the two sinks interleaved, medians of
 rounds. (librrd's own cost is the same for both: collectd_bench.py prints it as the
 floor.)
 
-Usage: .venv/bin/python benchmarks/rrdsink_bench.py [--contexts 1000] [--rounds 31] [--rev main]
+Usage: .venv/bin/python benchmarks/rrdsink_bench.py [--contexts 1000] [--rounds 31] [--rev REV]
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ import rrdtool  # noqa: E402
 from catalog_bench import snapshot  # noqa: E402
 from exporters import rrd as new_rrd  # noqa: E402
 
+BASELINE = "7844366"
+
 
 def load_rev(rev: str) -> object:
     src = subprocess.run(["git", "-C", os.path.join(HERE, ".."), "show", f"{rev}:exporters/rrd.py"],
@@ -52,7 +55,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--contexts", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=31)
-    ap.add_argument("--rev", default="main")
+    ap.add_argument("--rev", default=BASELINE)
     args = ap.parse_args()
     old_rrd = load_rev(args.rev)
     snap = snapshot(args.contexts)

@@ -236,6 +236,7 @@ class Daemon:
                     log.warning("the stuck poll ended after %.0f s", time.monotonic() - t0)
 
     def _poll(self, t0: float) -> Snapshot | None:
+        cpu0 = time.thread_time()  # the poll's own CPU, next to its wall time in the log
         try:
             snap = self.sampler.sample()
         except Exception:
@@ -246,15 +247,16 @@ class Daemon:
         self._write(snap)
         self.stats.polls += 1
         self.stats.last_poll_duration = time.monotonic() - t0
+        cpu = time.thread_time() - cpu0
         self.stats.last_poll_end = self.clock()
         self.latest = snap  # from now on scrapes see it
         if self.server is not None:  # its text: rendered now if scraped lately, else lazily
             self.server.registry.snapshot_collector.published()
         log.debug(
-            "poll %d: %d contexts, %d processes, %.0f ms (sample %.0f ms)",
+            "poll %d: %d contexts, %d processes, %.0f ms (sample %.0f ms), %.0f ms CPU",
             self.stats.polls, len(snap.contexts),
             sum(c.processes for c in snap.contexts),
-            self.stats.last_poll_duration * 1e3, snap.duration_seconds * 1e3,
+            self.stats.last_poll_duration * 1e3, snap.duration_seconds * 1e3, cpu * 1e3,
         )
         return snap
 
