@@ -53,10 +53,10 @@ static int is_blank(unsigned char c) /* bytes.split()'s whitespace */
  * 0: not in that shape (Python decides). */
 static int parse_fast(const char *buf, size_t n, uint64_t out[8])
 {
-    const char *close = memrchr(buf, ')', n);
-    if (close == NULL)
+    const char *rparen = memrchr(buf, ')', n);
+    if (rparen == NULL)
         return 0;
-    const char *p = close + 1, *end = buf + n;
+    const char *p = rparen + 1, *end = buf + n;
     if (p >= end || *p != ' ')
         return 0;
     p++;
