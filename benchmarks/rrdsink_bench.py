@@ -9,7 +9,8 @@ first real write; then librrd's update is replaced by a no-op C function, so wha
 timed is the sink's Python around it (the update lines, each file's state, fault
 bookkeeping): `RrdSink.write` of one poll, the two sinks interleaved, medians of R
 rounds. (librrd's own cost is the same for both: collectd_bench.py prints it as the
-floor.)
+floor.) Then the same through an rrdcached (unless --no-rrdcached): the sink's thread
+CPU per poll, one BATCH exchange included.
 
 Usage: .venv/bin/python benchmarks/rrdsink_bench.py [--contexts 1000] [--rounds 31] [--rev REV]
 """
@@ -38,6 +39,7 @@ from catalog_bench import snapshot  # noqa: E402
 from exporters import rrd as new_rrd  # noqa: E402
 
 BASELINE = "7844366"
+STEP = 10
 
 
 def load_rev(rev: str) -> object:
@@ -51,45 +53,81 @@ def load_rev(rev: str) -> object:
     return mod
 
 
+def interleaved(sinks: dict, snap, t: int, rounds: int, clock) -> dict[str, list[float]]:
+    took: dict[str, list[float]] = {k: [] for k in sinks}
+    for r in range(rounds):
+        t += STEP
+        one = dataclasses.replace(snap, timestamp=t)
+        for k in (("before", "after") if r % 2 else ("after", "before")):
+            t0 = clock()
+            sinks[k].write(one)
+            took[k].append(clock() - t0)
+    for k, s in sinks.items():
+        assert s.error_count == 0 and s.skipped_count == 0, (k, s.error_count, s.skipped_count)
+        s.close()
+    return took
+
+
+def report(what: str, took: dict[str, list[float]], files: int, args) -> None:
+    b, a = statistics.median(took["before"]), statistics.median(took["after"])
+    print(f"{what}: {args.contexts:,} contexts, {files:,} files, median of {args.rounds} "
+          f"polls: {b * 1e3:.2f} ms ({args.rev}) -> {a * 1e3:.2f} ms (this checkout): "
+          f"{a / b:.2f}x; load {os.getloadavg()[0]:.2f}", flush=True)
+
+
+def direct(old_rrd, snap, base: str, args) -> None:
+    """Direct writes, librrd's update a no-op after the first poll: wall per write."""
+    real_update = rrdtool.update
+    sinks = {"before": old_rrd.RrdSink(os.path.join(base, "old"), STEP),
+             "after": new_rrd.RrdSink(os.path.join(base, "new"), STEP)}
+    t = int(time.time()) // STEP * STEP - 10 * STEP * args.rounds
+    for s in sinks.values():
+        s.write(dataclasses.replace(snap, timestamp=t))  # files created
+    files = len(new_rrd.list_rrd_files(sinks["after"].directory))
+    try:
+        rrdtool.update = operator.is_  # a no-op of two arguments, in C
+        took = interleaved(sinks, snap, t, args.rounds, time.perf_counter)
+    finally:
+        rrdtool.update = real_update
+    report("direct, the sink's Python (librrd a no-op)", took, files, args)
+
+
+def through_rrdcached(old_rrd, snap, base: str, args) -> None:
+    """Through an rrdcached (-w 3600: no disk writes meanwhile): the sink's thread CPU
+    per write, the BATCH exchange included (rrdcached's own work is not in it)."""
+    from collectd_bench import Rrdcached
+
+    cache = Rrdcached(os.path.join(base, "rrdcached"))
+    try:
+        sinks = {"before": old_rrd.RrdSink(os.path.join(base, "old-cached"), STEP,
+                                           daemon=cache.addr),
+                 "after": new_rrd.RrdSink(os.path.join(base, "new-cached"), STEP,
+                                          daemon=cache.addr)}
+        t = int(time.time()) // STEP * STEP - 10 * STEP * args.rounds
+        for s in sinks.values():
+            s.write(dataclasses.replace(snap, timestamp=t))  # files created
+        files = len(new_rrd.list_rrd_files(sinks["after"].directory))
+        took = interleaved(sinks, snap, t, args.rounds, time.thread_time)
+    finally:
+        cache.stop()
+    report("rrdcached, the sink's CPU (one BATCH a poll)", took, files, args)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--contexts", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=31)
     ap.add_argument("--rev", default=BASELINE)
+    ap.add_argument("--no-rrdcached", action="store_true", help="direct writes only")
     args = ap.parse_args()
     old_rrd = load_rev(args.rev)
     snap = snapshot(args.contexts)
-    base = tempfile.mkdtemp(prefix="ctxmon-rrdsink-bench-")
-    real_update = rrdtool.update
+    base = os.path.realpath(tempfile.mkdtemp(prefix="ctxmon-rrdsink-bench-"))
     try:
-        step = 10
-        sinks = {"before": old_rrd.RrdSink(os.path.join(base, "old"), step),
-                 "after": new_rrd.RrdSink(os.path.join(base, "new"), step)}
-        t = int(time.time()) // step * step - 10 * step * args.rounds
-        for s in sinks.values():
-            s.write(dataclasses.replace(snap, timestamp=t))  # files created
-        files = {k: new_rrd.list_rrd_files(s.directory) for k, s in sinks.items()}
-        rrdtool.update = operator.is_  # a no-op of two arguments, in C
-        took: dict[str, list[float]] = {k: [] for k in sinks}
-        for r in range(args.rounds):
-            t += step
-            one = dataclasses.replace(snap, timestamp=t)
-            for k in (("before", "after") if r % 2 else ("after", "before")):
-                t0 = time.perf_counter()
-                sinks[k].write(one)
-                took[k].append(time.perf_counter() - t0)
-        rrdtool.update = real_update
-        for k, s in sinks.items():
-            assert s.error_count == 0 and s.skipped_count == 0, (k, s.error_count, s.skipped_count)
-        b, a = statistics.median(took["before"]), statistics.median(took["after"])
-        print(f"{args.contexts:,} contexts, {len(files['after']):,} files ({len(files['before']):,} "
-              f"before), median of {args.rounds} polls, librrd's update a no-op: the sink's "
-              f"Python per poll {b * 1e3:.2f} ms ({args.rev}) -> {a * 1e3:.2f} ms (this "
-              f"checkout): {a / b:.2f}x; load {os.getloadavg()[0]:.2f}")
-        for s in sinks.values():
-            s.close()
+        direct(old_rrd, snap, base, args)
+        if not args.no_rrdcached and shutil.which("rrdcached"):
+            through_rrdcached(old_rrd, snap, base, args)
     finally:
-        rrdtool.update = real_update
         shutil.rmtree(base, ignore_errors=True)
     return 0
 

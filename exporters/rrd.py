@@ -854,11 +854,18 @@ class RrdSink:
             return
         commands: list[str] = []
         batch: list[tuple[str, _File]] = []
+        files, ready, access, writable = self._files, self._ready, os.access, os.W_OK
         for path, kind, values in points:
-            f = self._ready(path, kind, ts)
-            if f is not None:
-                commands.append(f"UPDATE {path} {ts}:{values}\n")
-                batch.append((path, f))
+            f = files.get(path)
+            if (f is None or f.invalid_key is not None or not f.checked
+                    or not access(path, writable) or (f.last is not None and ts <= f.last)):
+                # Not the common case (a file checked before, still writable, written
+                # at an earlier time, where _ready has nothing to do but return it).
+                f = ready(path, kind, ts)
+                if f is None:
+                    continue
+            commands.append(f"UPDATE {path} {ts}:{values}\n")
+            batch.append((path, f))
         if not batch:
             return
         try:
@@ -870,11 +877,13 @@ class RrdSink:
             self.error_count += len(batch)  # lost; rrdcached may have taken part of it
             return
         self._daemon_answered()
+        release = self._ok if self._faults else None  # see _write_direct
         for number, (path, f) in enumerate(batch, 1):
-            message = errors.get(number)
+            message = errors.get(number) if errors else None
             if message is None:
                 f.last = ts
-                self._ok(path, f)
+                if release is not None:
+                    release(path, f)
             else:
                 self._fail(path, f, "update refused by rrdcached: " + _reason(message), message)
                 f.checked = False
