@@ -31,6 +31,11 @@ many polls of each daemon, so its CPU delta over the polls is CPU per poll. Prin
 window of each, and ctxmon/collectd.
 
 Also (each can be skipped):
+- the floor (`--no-floor` skips it): after each size's first pair, on the files ctxmon
+  just wrote, librrd's CPU for one `rrdtool.update` of each (a tight in-process loop)
+  and the same updates as one BATCH to an rrdcached of its own (client CPU, and
+  rrdcached's), printed per size next to collectd's CPU per poll: what no monitor
+  writing every one of ctxmon's files can go below;
 - `--scrapers`: 10 processes scraping ctxmon's /metrics (gzip, as Prometheus asks)
   every --scrape-every seconds at 1,000 contexts: scrape p50/p99 and ctxmon's poll
   duration (its log) with and without them, in alternating phases (off, on, off, on,
