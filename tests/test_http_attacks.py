@@ -159,6 +159,50 @@ def test_head_bound_is_64_kib_in_all_and_over_it_is_431(tmp_path):
         srv.stop()
 
 
+def test_the_idle_loop_waits_long_and_a_connection_brings_the_deadline_turns_back():
+    """Nobody connected: the event loop waits IDLE_WAIT a turn, not TURN (ten wake-ups
+    a second were ~16 ms of CPU per 10 s poll); a connection holding a head brings
+    the short turns back, so its deadlines are still checked, and a scrape from idle
+    is answered."""
+    import exporters.http
+
+    srv = MetricsServer("127.0.0.1:0", registry=_registry())
+    srv.start()
+    waits: list[float] = []
+    loop = srv._loop
+    real = loop.sel
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def select(self, timeout=None):
+            waits.append(timeout)
+            return real.select(timeout)
+
+    loop.sel = Recording()
+    held = None
+    try:
+        deadline = time.monotonic() + 5
+        while len(waits) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert waits[1:3] == [exporters.http.IDLE_WAIT] * 2, waits[:10]
+        held = connect_from(attacker_address(0), srv.port)
+        held.sendall(b"GET /metrics HTTP/1.0\r\n")  # an unfinished head
+        deadline = time.monotonic() + 5
+        while exporters.http.TURN not in waits and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert exporters.http.TURN in waits, waits[-10:]
+        held.close()
+        held = None
+        assert exchange(srv.port, b"GET /metrics HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200 ")
+    finally:
+        if held is not None:
+            held.close()
+        loop.sel = real
+        srv.stop()
+
+
 def test_heads_being_read_hold_a_bounded_memory_all_together(monkeypatch):
     import exporters.http
 
