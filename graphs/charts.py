@@ -8,7 +8,7 @@ import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import rrdtool
 
@@ -226,6 +226,19 @@ class ChartBuilder:
         self.traffic_style = traffic_style
         self.errors = 0  # files that could not be read (logged)
 
+    def _top(self, per_context: list[tuple], score: Callable[[tuple], float]
+             ) -> tuple[list[tuple], list[tuple], list[tuple]]:
+        """The host graphs' contexts (tuples starting with the name) split by what each
+        did in the period, `score` (its mean): (active, shown, rest). A context with no
+        data in it (NaN) is in none of them; the `top` highest are shown (ties by
+        name), the rest go to `other`, and an `other` of one context is that context."""
+        scored = [(m, c) for c in per_context if not math.isnan(m := score(c))]
+        ranked = [c for _, c in sorted(scored, key=lambda s: (-s[0], s[1][0]))]
+        shown, rest = ranked[: self.top], ranked[self.top:]
+        if len(rest) == 1:
+            shown, rest = ranked, []
+        return [c for _, c in scored], shown, rest
+
     def _load(self, rf: RrdFile, cf: str, start: int, end: int, req: int) -> Series | None:
         try:
             return load_series(rf.path, cf, start, end, req, self.daemon)
@@ -273,14 +286,7 @@ class ChartBuilder:
         if grid is None:
             return None
         g_start, g_step, n = grid
-        # Ranked by what each did in this period; a context with no data in it is
-        # neither shown nor counted in `other`.
-        scored = [(m, cv) for cv in per_context if not math.isnan(m := mean_known(cv[1]))]
-        active = [cv for _, cv in scored]
-        ranked = [cv for _, cv in sorted(scored, key=lambda s: (-s[0], s[1][0]))]
-        shown, rest = ranked[: self.top], ranked[self.top:]
-        if len(rest) == 1:  # an `other` of one context is that context
-            shown, rest = ranked, []
+        active, shown, rest = self._top(per_context, lambda cv: mean_known(cv[1]))
         colors = distinct_colors([name for name, _ in shown])
         layers = [Layer(display_name(name), color, values, "area")
                   for (name, values), color in zip(shown, colors)]
@@ -325,13 +331,7 @@ class ChartBuilder:
         if grid is None:
             return None
         g_start, g_step, n = grid
-        # As the other host graphs: ranked by what they did, empty ones left out.
-        scored = [(m, c) for c in per_context if not math.isnan(m := mean_known(add_series(c[1], c[2])))]
-        active = [c for _, c in scored]
-        ranked = [c for _, c in sorted(scored, key=lambda s: (-s[0], s[1][0]))]
-        shown, rest = ranked[: self.top], ranked[self.top:]
-        if len(rest) == 1:
-            shown, rest = ranked, []
+        active, shown, rest = self._top(per_context, lambda c: mean_known(add_series(c[1], c[2])))
         colors = distinct_colors([name for name, _, _ in shown])
         bands = [(display_name(name), color, tx, rx) for (name, tx, rx), color in zip(shown, colors)]
         if rest:
