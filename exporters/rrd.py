@@ -772,19 +772,14 @@ class RrdSink:
         if self.write_behind:
             self._write_behind(points, ts)
             return
-        files, ready, update = self._files, self._ready, rrdtool.update
+        ready, update = self._ready, rrdtool.update
         # A file enters a fault state only through this loop's own _fail, and no file
         # comes twice in a poll: with none in one at the start, none is to be released.
         release = self._ok if self._faults else None
         for path, kind, values in points:
-            f = files.get(path)
-            if (f is None or not f.checked or f.invalid_key is not None
-                    or (f.last is not None and ts <= f.last)):
-                # Not the common case (a file checked before, written at an earlier
-                # time, where _ready has nothing to do but return it): its way.
-                f = ready(path, kind, ts)
-                if f is None:
-                    continue
+            f = ready(path, kind, ts)
+            if f is None:
+                continue
             try:
                 update(path, f"{ts}:{values}")
             except rrdtool.OperationalError as e:
@@ -854,16 +849,11 @@ class RrdSink:
             return
         commands: list[str] = []
         batch: list[tuple[str, _File]] = []
-        files, ready, access, writable = self._files, self._ready, os.access, os.W_OK
+        ready = self._ready
         for path, kind, values in points:
-            f = files.get(path)
-            if (f is None or f.invalid_key is not None or not f.checked
-                    or not access(path, writable) or (f.last is not None and ts <= f.last)):
-                # Not the common case (a file checked before, still writable, written
-                # at an earlier time, where _ready has nothing to do but return it).
-                f = ready(path, kind, ts)
-                if f is None:
-                    continue
+            f = ready(path, kind, ts)
+            if f is None:
+                continue
             commands.append(f"UPDATE {path} {ts}:{values}\n")
             batch.append((path, f))
         if not batch:
@@ -948,6 +938,10 @@ class RrdSink:
         """The file's state if `ts` may be written to it now, after creating or
         validating it on first sight; None (counted) if not."""
         f = self._files.get(path)
+        if (f is not None and f.checked and f.invalid_key is None
+                and (f.last is None or ts > f.last)
+                and (not self.daemon or os.access(path, os.W_OK))):
+            return f  # the common case, every poll for every file: nothing to do
         if f is None:
             f = self._files[path] = _File(kind)
         if f.invalid_key is not None:
