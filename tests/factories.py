@@ -81,3 +81,19 @@ def wait_until(cond: Callable[[], T], what: str, limit: float = 20.0, every: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {limit:g} s waiting for {what}")
         time.sleep(every)
+
+
+def one_shot_scan(root: str, c_reader: bool, skip_pid: int | None = None):
+    """One `ProcessScanner(root, max_open=0)` scan, through the C reader (asserted
+    built) or the pure-Python loop: the two ways `ctxmon stat` may read a /proc."""
+    from collector import procfs
+
+    saved = procfs._procscan
+    assert saved is not None or not c_reader, "collector._procscan was not built"
+    procfs._procscan = saved if c_reader else None
+    scanner = procfs.ProcessScanner(root, max_open=0)
+    try:
+        return scanner.scan(skip_pid=skip_pid)
+    finally:
+        scanner.close()
+        procfs._procscan = saved

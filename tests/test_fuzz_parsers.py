@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from collector import cgroup, procfs, vserver  # noqa: E402
+from factories import one_shot_scan  # noqa: E402
 from collector.cgroup import CgroupSource  # noqa: E402
 from collector.procfs import ParseError, ProcessScanner, ProcStat  # noqa: E402
 from collector.sampler import Sampler  # noqa: E402
@@ -154,17 +155,7 @@ def test_the_scanners_inline_parse_agrees_with_parse_stat(scan_tree, reader, dat
     error what parse_stat refuses."""
     with open(os.path.join(scan_tree, "4242", "stat"), "wb") as f:
         f.write(data)
-    c_reader = procfs._procscan
-    if reader == "python":
-        procfs._procscan = None
-    else:
-        assert c_reader is not None
-    scanner = ProcessScanner(scan_tree, max_open=0)
-    try:
-        scan = scanner.scan()
-    finally:
-        scanner.close()
-        procfs._procscan = c_reader
+    scan = one_shot_scan(scan_tree, reader == "c")
     if not data:
         assert (scan.procs, scan.errors, scan.vanished) == ([], 0, 1)  # read as a gone pid
         return

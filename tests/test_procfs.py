@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+from factories import one_shot_scan
 
 from collector.procfs import (
     ParseError,
@@ -139,17 +140,8 @@ def test_scanner_rereads_held_files():
 
 
 def scan_with(root: str, c_reader: bool, skip_pid=None):
-    """One max_open=0 scan through the C reader or the pure-Python loop."""
-    from collector import procfs
-
-    saved = procfs._procscan
-    procfs._procscan = saved if c_reader else None
-    try:
-        scanner = ProcessScanner(root, max_open=0)
-        scan = scanner.scan(skip_pid=skip_pid)
-        scanner.close()
-    finally:
-        procfs._procscan = saved
+    """(sorted procs, errors, vanished) of one one-shot scan, C or Python."""
+    scan = one_shot_scan(root, c_reader, skip_pid)
     return sorted(scan.procs), scan.errors, scan.vanished
 
 
