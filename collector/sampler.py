@@ -300,7 +300,9 @@ class _NetNamespaces:
     def interfaces_of(self, members: list[ProcStat]) -> tuple[InterfaceSample, ...]:
         if not members or self.host is None:
             return ()
-        pid = str(members[0].pid)
+        # The lowest pid's namespace (members come in no set order; pids are unique,
+        # so the tuples compare by pid alone).
+        pid = str(min(members).pid)
         ns = self._ns(pid)
         if ns is None or ns == self.host:
             return ()

@@ -426,7 +426,7 @@ def test_walk_hierarchy(tmp_path):
     (root / "a/b/cgroup.procs").write_text("11\n0\n")
     (root / "c/cgroup.procs").write_text("12\nbogus\n")
     errors = ErrorCounts()
-    assert walk_hierarchy(str(root), errors) == {1: "", 2: "", 10: "a", 11: "a/b"}
+    assert walk_hierarchy(str(root), errors) == {"": [1, 2], "a": [10], "a/b": [11]}
     assert errors["cgroup"] == 1
 
 
@@ -444,6 +444,28 @@ def test_walk_wins_over_pid_cgroup_and_falls_back(tmp_path):
     groups = src.assign(procs, ErrorCounts())
     by_pid = {p.pid: ident.name for ident, members in groups.items() for p in members}
     assert by_pid == {100: "new.service", 101: "zombie.service"}
+
+
+
+def test_walk_counts_each_scanned_process_once(tmp_path):
+    """A pid listed by two cgroups (moved mid-walk) is counted once; a listed pid the
+    scan did not see (exited meanwhile) is nobody's member; the scan's order of
+    processes does not decide where they go."""
+    procs = _recorded_tree(tmp_path, ["a.service", "b.service"])
+    cg = tmp_path / "cg"
+    for name, pids in (("a.service", "101\n100\n777\n"), ("b.service", "101\n")):
+        (cg / name).mkdir(parents=True)
+        (cg / name / "cgroup.procs").write_text(pids)
+    (cg / "cgroup.controllers").write_text("cpu memory pids\n")
+    (cg / "cgroup.procs").write_text("")
+    src = CgroupSource(str(tmp_path / "proc"), cgroup_root=str(cg))
+    src.walk = True
+    for order in (procs, procs[::-1]):
+        groups = src.assign(order, ErrorCounts())
+        members = sorted(p.pid for ms in groups.values() for p in ms)
+        assert members == [100, 101]
+        by_pid = {p.pid: ident.name for ident, ms in groups.items() for p in ms}
+        assert by_pid[100] == "a.service" and by_pid[101] in ("a.service", "b.service")
 
 
 # --------------------------------------------------------------------------- accounting
