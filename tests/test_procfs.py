@@ -224,8 +224,9 @@ def test_the_c_reader_reads_the_live_proc_as_the_python_loop_does():
 
 
 def test_the_c_reader_splits_a_large_tree_among_threads_and_loses_nothing(tmp_path):
-    """5,000 processes (the reads are split among threads from 4,096 on), the odd
-    ones interleaved: every process once, with its own values, as the Python loop."""
+    """5,000 processes (a second thread reads from 2,048 listed on, while the listing
+    goes on; the entries span two blocks of 4,096), the odd ones interleaved: every
+    process once, in listing order, with its own values, as the Python loop."""
     for pid in range(1, 5001):
         (tmp_path / str(pid)).mkdir()
         line = STAT_TRAP.replace(b"4242 ", b"%d " % pid, 1).replace(b" 150 30 ", b" %d 30 " % pid)
