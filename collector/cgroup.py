@@ -693,12 +693,21 @@ class CgroupSource(Source):
         path = f"{self.proc_root}/{pid}/cgroup"
         try:
             text = _read(path)
+        except _Gone:
+            text = ""
         except OSError as e:
             errors[SOURCE_NAME] += 1
             log.debug("%s: %s", path, e.strerror)
             return None
         if not text.strip():
-            raise _Gone(path)  # read after the process exited
+            # The process exited after the scan: its directory went with it. A file
+            # missing or empty in a directory still there is a broken (recorded) tree,
+            # whose process is kept, under the host, and counted.
+            if not os.path.isdir(f"{self.proc_root}/{pid}"):
+                raise _Gone(path)
+            errors[SOURCE_NAME] += 1
+            log.debug("%s: missing or empty", path)
+            return None
         paths, bad = parse_pid_cgroup(text)
         found = pick_cgroup_path(paths, self.proc_key)
         if bad or found is None:

@@ -64,6 +64,32 @@ def test_stat_json_on_a_vserver_tree_matches_the_table():
     assert root["name"] == "root server" and root["source"] == "vserver"
 
 
+def test_stat_cgroup_on_a_tree_without_cgroup_files_loses_no_process_silently(tmp_path):
+    """A recorded tree whose <pid> directories have no cgroup file (a VServer
+    recording), or an empty one: every process is still counted (under the host, the
+    context of a process whose cgroup is unknown) and a warning says how many files
+    were skipped, where the table used to come out empty without a word."""
+    proc = os.path.join(VS20, "proc")
+    n = sum(1 for d in os.listdir(proc) if d.isdigit() and os.path.isfile(f"{proc}/{d}/stat"))
+    assert n > 10
+    r = ctxmon("stat", "--json", "--source", "cgroup", "--proc-root", proc)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [(x["name"], x["processes"]) for x in rows] == [("host", n)]
+    assert f"{n} cgroup file(s) skipped" in r.stderr
+    # The same with empty cgroup files, in a copy of the tree.
+    import shutil
+
+    copy = tmp_path / "proc"
+    shutil.copytree(proc, copy, symlinks=True)
+    for d in os.listdir(copy):
+        if d.isdigit():
+            (copy / d / "cgroup").write_text("")
+    r = ctxmon("stat", "--json", "--source", "cgroup", "--proc-root", str(copy))
+    assert [(x["name"], x["processes"]) for x in json.loads(r.stdout)] == [("host", n)]
+    assert f"{n} cgroup file(s) skipped" in r.stderr
+
+
 def test_stat_live_host_lists_this_test_process():
     rows = json.loads(ctxmon("stat", "--json", "--source", "cgroup", check=True).stdout)
     assert sum(r["processes"] for r in rows) >= 2
