@@ -54,6 +54,8 @@ from . import rrdlayout as layout
 from .addresses import parse_listen
 from .files import write_atomic
 from .names import decode_name, encode_name
+from .rrdlock import POLL_BUDGET, LockWaits, is_locked
+from .rrdlock import call as waiting_for_lock
 from .rrdlayout import (  # noqa: F401  (re-exported for older callers)
     ARCHIVE_DIR,
     CONTEXT_KINDS,
@@ -169,7 +171,7 @@ def check_step(directory: str, step: int) -> str | None:
     """
     for rf in list_rrd_files(directory):
         try:
-            found = rrdtool.info(rf.path).get("step")
+            found = waiting_for_lock(rrdtool.info, rf.path).get("step")
         except rrdtool.OperationalError:
             continue
         if found != step:
@@ -207,7 +209,7 @@ def fetch(
     args = [path, cf, "--start", str(int(start)), "--end", str(int(end))]
     if resolution:
         args += ["--resolution", str(int(resolution))]
-    (s, e, st), names, rows = rrdtool.fetch(*args)
+    (s, e, st), names, rows = waiting_for_lock(rrdtool.fetch, *args)
     kind = layout.kind_of(path)
     scale = KINDS[kind].scale if kind is not None else 1.0
     if scale != 1.0:
@@ -220,7 +222,7 @@ def last(path: str, daemon: str | None = None) -> int:
     Raises rrdtool.OperationalError as `fetch` does."""
     if daemon:
         flush_for_reading(daemon, path)
-    return int(rrdtool.last(path))
+    return int(waiting_for_lock(rrdtool.last, path))
 
 
 READ_TIMEOUT = 5.0  # seconds one FLUSH for a reader may take
@@ -457,6 +459,7 @@ _REASONS = (
     ("Not a directory", "not a directory"),
     ("Is a directory", "is a directory"),
     ("illegal attempt to update", "time not after the file's last update"),
+    ("could not lock RRD", "locked by another process"),  # see rrdlock
 )
 
 
@@ -579,6 +582,7 @@ class RrdSink:
         self.write_behind = 0 if self.daemon else int(write_behind)
         self._window_polls = max(1, self.write_behind // self.step)
         self._pending: dict[str, _File] = {}  # files with updates held
+        self._locks = LockWaits(POLL_BUDGET)  # waits for other processes' locks, per poll
         self._lock = threading.Lock()  # a poll's write and flush() never interleave
         self.retention_seconds = retention_seconds
         self.archive_keep_seconds = archive_keep_seconds  # 0: archives are kept for good
@@ -613,6 +617,7 @@ class RrdSink:
     def write(self, snapshot: Snapshot) -> None:
         """Store one snapshot; faults are counted and logged, never raised."""
         with self._lock:
+            self._locks = LockWaits(POLL_BUDGET)
             try:
                 self._write(snapshot)
             except Exception:  # a bug here must not stop polling; it is logged in full
@@ -666,6 +671,7 @@ class RrdSink:
             return held == 0
         try:
             errors = self.error_count
+            self._locks = LockWaits(POLL_BUDGET)
             for path, f in list(self._pending.items()):
                 self._write_pending(path, f)
             self._report()
@@ -783,12 +789,16 @@ class RrdSink:
             try:
                 update(path, f"{ts}:{values}")
             except rrdtool.OperationalError as e:
-                self._fail(path, f, "update failed: " + _reason(str(e)), str(e))
-                f.checked = False  # look again: the file may have gone or changed
-            else:
-                f.last = ts
-                if release is not None:
-                    release(path, f)
+                error: rrdtool.OperationalError | None = e
+                if is_locked(e):  # a reader holding the file for a moment: wait it out
+                    error = self._locks.retry(update, path, f"{ts}:{values}")[1]
+                if error is not None:
+                    self._fail(path, f, "update failed: " + _reason(str(error)), str(error))
+                    f.checked = False  # look again: the file may have gone or changed
+                    continue
+            f.last = ts
+            if release is not None:
+                release(path, f)
 
     def _write_behind(self, points: list[tuple[str, FileKind, str]], ts: int) -> None:
         """Hold each file's update; write a file's held updates in one librrd call
@@ -821,7 +831,7 @@ class RrdSink:
         if not held:
             return
         try:
-            rrdtool.update(path, *[text for _, text in held])
+            self._locks.call(rrdtool.update, path, *[text for _, text in held])
         except rrdtool.OperationalError as e:
             try:
                 stored = int(rrdtool.last(path))  # librrd keeps the updates before a bad one
@@ -1000,8 +1010,11 @@ class RrdSink:
                 return False
         else:
             try:
-                info = rrdtool.info(path)
+                info = self._locks.call(rrdtool.info, path)
             except rrdtool.OperationalError as e:
+                if is_locked(e):  # another process's, for longer than we wait: not corrupt
+                    self._fail(path, f, "cannot examine: " + _reason(str(e)), str(e))
+                    return False
                 return self._invalid(path, f, f"not a readable RRD file: {e}")
         problem = _mismatch(info, f.kind, self.step)
         if problem:

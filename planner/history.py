@@ -23,6 +23,7 @@ import rrdtool
 from collector.catalog import FILE_KIND, FILE_KINDS
 from exporters.names import decode_name, loggable
 from exporters.rrdlayout import CTX_DIR, capacity_path, context_file_name
+from exporters.rrdlock import call as waiting_for_lock
 
 from . import PlanError
 from .model import HOST_CONTEXTS, Demand, Host, Problem, fill_gaps
@@ -76,7 +77,8 @@ def read_capacity(directory: str) -> dict | None:
 
 
 def _fetch(path: str, cf: str, start: int, end: int) -> tuple[int, int, list[str], np.ndarray]:
-    (s, _e, st), names, rows = rrdtool.fetch(path, cf, "--start", str(start), "--end", str(end))
+    (s, _e, st), names, rows = waiting_for_lock(rrdtool.fetch, path, cf, "--start", str(start),
+                                                "--end", str(end))
     # None (unknown) becomes NaN with dtype float; a flat list converts ~3x faster
     # than the list of row tuples
     values = np.array([v for row in rows for v in row], dtype=np.float64).reshape(
