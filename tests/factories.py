@@ -10,6 +10,7 @@ Every field has a plain default, so a test names only what it is about.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from typing import Any, Callable, Iterable, TypeVar
 
@@ -97,3 +98,18 @@ def one_shot_scan(root: str, c_reader: bool, skip_pid: int | None = None):
     finally:
         scanner.close()
         procfs._procscan = saved
+
+
+def rrdtool_cli(*args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    """The `rrdtool` command as an admin runs it, tried again for up to 5 s while the
+    daemon or rrdcached holds the file's lock: librrd does not wait for it (see
+    exporters/rrdlock.py) and fails with "could not lock RRD"."""
+    deadline = time.monotonic() + 5
+    while True:
+        r = subprocess.run(["rrdtool", *args], capture_output=True, text=True, timeout=timeout)
+        if r.returncode == 0 or "could not lock RRD" not in r.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    if check and r.returncode:
+        raise subprocess.CalledProcessError(r.returncode, r.args, r.stdout, r.stderr)
+    return r

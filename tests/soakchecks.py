@@ -14,6 +14,8 @@ from collections import Counter
 
 import rrdtool
 
+from exporters.rrdlock import call as waiting_for_lock
+
 STEP = 60  # RRD step and fake seconds per poll of the soak
 
 
@@ -92,7 +94,7 @@ def _fetch_rows(path: str, start: int, end: int, resolution: int, daemon: str | 
     args = [path, "AVERAGE", "-r", str(resolution), "-s", str(start), "-e", str(end)]
     if daemon:
         args = ["--daemon", daemon, *args]
-    (s, _e, st), names, rows = rrdtool.fetch(*args)
+    (s, _e, st), names, rows = waiting_for_lock(rrdtool.fetch, *args)
     # Row i covers (s + i*st, s + (i+1)*st]; it is stamped with its end.
     return [(s + (i + 1) * st, row) for i, row in enumerate(rows)], st
 

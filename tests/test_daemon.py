@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 from cgroups import BURN, TOUCH_64M
 from daemonproc import POLLED, Daemon, free_port, write_config  # noqa: F401 (reused)
+from factories import rrdtool_cli
 
 from collector.procfs import CLK_TCK, PAGE_SIZE
 from exporters.rrd import rrd_path
 
 
 def rrdtool(*args: str) -> str:
-    return subprocess.run(["rrdtool", *args], capture_output=True, text=True, check=True).stdout
+    return rrdtool_cli(*args).stdout
 
 
 def info(path: str) -> dict[str, str]:

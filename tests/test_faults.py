@@ -29,6 +29,7 @@ from typing import Callable
 import pytest
 import soakchecks
 from daemonproc import POLLED, Daemon, free_port
+from factories import rrdtool_cli
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector import build_source
@@ -136,7 +137,7 @@ def wait_until(cond: Callable[[], object], what: str, limit: float = 20.0, daemo
 
 
 def rrdtool_cmd(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["rrdtool", *args], capture_output=True, text=True, timeout=30)
+    return rrdtool_cli(*args, check=False)
 
 
 def last_update(path: str, daemon: str | None = None) -> int:

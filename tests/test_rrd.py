@@ -22,6 +22,7 @@ from exporters import rrd
 from exporters.addresses import check_rrdcached_address
 from exporters.names import encode_name
 from rrdcached import sigstop
+from factories import rrdtool_cli
 from exporters.rrd import (
     RrdSink,
     check_step,
@@ -94,7 +95,7 @@ class FakeClock:
 
 
 def rrdtool_info(path: str) -> dict[str, object]:
-    out = subprocess.run(["rrdtool", "info", path], check=True, capture_output=True, text=True).stdout
+    out = rrdtool_cli("info", path).stdout
     info: dict[str, object] = {}
     for line in out.splitlines():
         key, _, value = line.partition(" = ")
@@ -111,10 +112,7 @@ def rrdtool_info(path: str) -> dict[str, object]:
 
 def rrdtool_fetch(path: str, start: int, end: int, cf: str = "AVERAGE") -> dict[int, list[float | None]]:
     """{row time: values} for rows start < t <= end, as the `rrdtool fetch` command prints them."""
-    out = subprocess.run(
-        ["rrdtool", "fetch", path, cf, "--start", str(start), "--end", str(end)],
-        check=True, capture_output=True, text=True,
-    ).stdout
+    out = rrdtool_cli("fetch", path, cf, "--start", str(start), "--end", str(end)).stdout
     rows = {}
     for line in out.splitlines():
         if ":" not in line:
@@ -335,8 +333,7 @@ def test_two_writes_in_the_same_second_update_once(base, caplog):
     sink.write(snap(T0 + 0.7, [ctx("web", rss=999)]))
     assert sink.error_count == 0
     assert sink.skipped_count == 3
-    out = subprocess.run(["rrdtool", "lastupdate", rrd_path(sink.directory, "mem", "web")],
-                         capture_output=True, text=True, check=True).stdout
+    out = rrdtool_cli("lastupdate", rrd_path(sink.directory, "mem", "web")).stdout
     assert out.split()[-3:] == [f"{T0}:", "111", "4000"]
     assert not warnings_about(caplog, "mem.rrd")
 

@@ -9,13 +9,13 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
 import rrdtool as librrd
 from daemonproc import POLLED, free_port
+from factories import rrdtool_cli
 from test_rrd import T0, ctx, on_disk_last_update, snap, warnings_about, chattr, FakeClock
 
 from ctxmon.config import ConfigError, load_config
@@ -30,9 +30,7 @@ pytestmark = pytest.mark.skipif(shutil.which("rrdtool") is None, reason="rrdtool
 
 def fetch_rows(path: str, start: int, end: int) -> dict[int, list[float]]:
     """{row time: values} of the AVERAGE archive at the step, start < t <= end."""
-    out = subprocess.run(["rrdtool", "fetch", path, "AVERAGE", "-r", str(STEP),
-                          "-s", str(start), "-e", str(end)],
-                         check=True, capture_output=True, text=True).stdout
+    out = rrdtool_cli("fetch", path, "AVERAGE", "-r", str(STEP), "-s", str(start), "-e", str(end)).stdout
     rows = {}
     for line in out.splitlines():
         ts, sep, vals = line.partition(":")
@@ -193,8 +191,8 @@ def test_daemon_killed_with_9_loses_at_most_the_window(tmp_path, cgroup_factory,
     assert d.stop() == 0, d.text()
     last = on_disk_last_update(tasks)
     assert last >= last_poll_time(d.text()), d.text()  # SIGTERM wrote what was held
-    out = subprocess.run(["rrdtool", "fetch", tasks, "AVERAGE", "-r", "1", "-s", str(last - 2 * window),
-                          "-e", str(last)], check=True, capture_output=True, text=True).stdout
+    out = rrdtool_cli("fetch", tasks, "AVERAGE", "-r", "1", "-s", str(last - 2 * window),
+                      "-e", str(last)).stdout
     rows = [line.split(":") for line in out.splitlines() if ":" in line]
     known = [float(v.split()[0]) for t, v in rows if int(t) <= last and "nan" not in v]
     # (A poll slower than the 2 s heartbeat on a busy host leaves a gap either way.)
