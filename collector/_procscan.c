@@ -202,7 +202,8 @@ static void read_one(int dfd, const char *name, struct entry *e)
 }
 
 #define BLOCK 4096       /* entries per block: a block never moves once listed */
-#define MAX_BLOCKS 4096  /* 16.7 million entries: four times the largest pid_max */
+#define MAX_BLOCKS 4096  /* 16.7 million entries, four times the largest pid_max; names
+                          * listed beyond are counted as errors, not read */
 #define PUBLISH 128      /* the lister hands out entries in batches of this many */
 #define CLAIM 32         /* a reader takes this many at a time */
 #define MAX_THREADS 2    /* measured here: 2 CPUs; more would only be a guess */
@@ -341,9 +342,9 @@ static PyObject *scan(PyObject *self, PyObject *args)
         if (len <= 18 && strtoll(name, NULL, 10) == skip_pid)
             continue;
         if (n % BLOCK == 0) {
-            if (n / BLOCK >= MAX_BLOCKS) {
-                err = E2BIG;
-                break;
+            if (n / BLOCK >= MAX_BLOCKS) { /* a hostile tree: the rest are errors */
+                errors++;
+                continue;
             }
             s.blocks[n / BLOCK] = malloc(BLOCK * sizeof(struct entry));
             if (s.blocks[n / BLOCK] == NULL) {
