@@ -85,6 +85,8 @@ def cmd_stat(args: argparse.Namespace) -> int:
     sampler = Sampler(source, proc_root, scanner=ProcessScanner(proc_root, max_open=0))
     try:
         snap = sampler.sample()
+    except OSError as e:  # the tree failed while it was read (I/O error, taken away)
+        raise UserError(f"proc root {proc_root}: {e.strerror or e}") from None
     finally:
         sampler.close()
     if args.json:

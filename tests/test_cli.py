@@ -41,6 +41,34 @@ def test_stat_on_a_missing_or_foreign_root_is_one_line_exit_2(root, tmp_path):
     assert len(lines) == 1 and root in lines[0] and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("c_reader", [True, False])
+def test_stat_a_proc_root_failing_mid_scan_is_one_line_exit_2(c_reader, monkeypatch, capsys):
+    """The listing of the proc root fails after the root was found fine (an I/O error,
+    a tree removed underneath): one line naming the root, exit 2, no traceback."""
+    import errno
+
+    from collector import procfs
+    from ctxmon import cli
+
+    root = os.path.join(VS20, "proc")
+
+    def failing(*args, **kwargs):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    if c_reader:
+        assert procfs._procscan is not None
+        monkeypatch.setattr(procfs._procscan, "scan", failing)
+    else:
+        monkeypatch.setattr(procfs, "_procscan", None)
+        real = os.listdir
+        monkeypatch.setattr(procfs.os, "listdir", lambda p=".": failing() if p == root else real(p))
+    assert cli.main(["stat", "--proc-root", root]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and root in lines[0] and "Input/output error" in lines[0], err
+
+
 def test_stat_unknown_source_is_a_usage_error():
     r = ctxmon("stat", "--source", "docker")
     assert r.returncode == 2 and "invalid choice" in r.stderr
