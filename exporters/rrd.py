@@ -786,13 +786,13 @@ class RrdSink:
             f = ready(path, kind, ts)
             if f is None:
                 continue
+            text = f"{ts}:{values}"
             try:
-                update(path, f"{ts}:{values}")
+                update(path, text)
             except rrdtool.OperationalError as e:
-                error: rrdtool.OperationalError | None = e
-                if is_locked(e):  # a reader holding the file for a moment: wait it out
-                    error = self._locks.retry(update, path, f"{ts}:{values}")[1]
-                if error is not None:
+                try:  # a reader holding the file for a moment is waited out
+                    self._locks.after(e, update, path, text)
+                except rrdtool.OperationalError as error:
                     self._fail(path, f, "update failed: " + _reason(str(error)), str(error))
                     f.checked = False  # look again: the file may have gone or changed
                     continue

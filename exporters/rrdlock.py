@@ -34,22 +34,20 @@ class LockWaits:
     def __init__(self, budget: float):
         self.left = budget
 
-    def retry(self, call: Callable[..., T], *args) -> tuple[T | None, rrdtool.OperationalError | None]:
-        """After `call(*args)` failed on a lock: wait and call again while the waits and
-        the budget last. (result, None), or (None, the last error)."""
-        error: rrdtool.OperationalError | None = None
+    def after(self, error: rrdtool.OperationalError, call: Callable[..., T], *args) -> T:
+        """`call(*args)` just failed with `error`. On a lock, call again after each
+        wait while the waits and the budget last, and return its result; raise the
+        last error (at once, `error` itself, when it was no lock)."""
         for pause in WAITS:
-            if pause > self.left:
+            if not is_locked(error) or pause > self.left:
                 break
             self.left -= pause
             time.sleep(pause)
             try:
-                return call(*args), None
+                return call(*args)
             except rrdtool.OperationalError as e:
                 error = e
-                if not is_locked(e):
-                    break
-        return None, error or rrdtool.OperationalError(LOCKED)
+        raise error
 
     def call(self, call: Callable[..., T], *args) -> T:
         """`call(*args)`, waited for while another process holds the file's lock.
@@ -57,12 +55,7 @@ class LockWaits:
         try:
             return call(*args)
         except rrdtool.OperationalError as e:
-            if not is_locked(e):
-                raise
-        result, error = self.retry(call, *args)
-        if error is not None:
-            raise error
-        return result  # type: ignore[return-value]
+            return self.after(e, call, *args)
 
 
 def call(fn: Callable[..., T], *args) -> T:

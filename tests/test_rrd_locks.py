@@ -21,21 +21,23 @@ from exporters.rrd import RrdSink, fetch, rrd_path
 
 pytestmark = pytest.mark.skipif(shutil.which("rrdtool") is None, reason="rrdtool command not installed")
 
-# Holds a POSIX lock on a file, as librrd takes them (fcntl), until its stdin closes.
+# Holds POSIX locks on files, as librrd takes them (fcntl), until its stdin closes.
 LOCKER = """
 import fcntl, os, sys
-fd = os.open(sys.argv[1], os.O_RDWR)
-fcntl.lockf(fd, fcntl.LOCK_EX if sys.argv[2] == "write" else fcntl.LOCK_SH)
+mode = fcntl.LOCK_EX if sys.argv[1] == "write" else fcntl.LOCK_SH
+for path in sys.argv[2:]:
+    fcntl.lockf(os.open(path, os.O_RDWR), mode)
 print("locked", flush=True)
 sys.stdin.read()
 """
 
 
 @contextmanager
-def locked(path: str, mode: str, release_after: float | None = None):
-    """`path` locked by another process ("read": as a reader holds it, "write": as a
-    writer does) until the block ends, or `release_after` seconds from now."""
-    p = subprocess.Popen([sys.executable, "-c", LOCKER, path, mode],
+def locked(paths: str | list[str], mode: str, release_after: float | None = None):
+    """`paths` locked by another process ("read": as a reader holds them, "write": as
+    a writer does) until the block ends, or `release_after` seconds from now."""
+    paths = [paths] if isinstance(paths, str) else paths
+    p = subprocess.Popen([sys.executable, "-c", LOCKER, mode, *paths],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     timer = None
     try:
@@ -111,29 +113,11 @@ def test_the_waits_for_locks_of_one_poll_are_bounded(tmp_path, monkeypatch):
     slept: list[float] = []
     monkeypatch.setattr(rrdlock.time, "sleep", slept.append)
     held = [rrd_path(sink.directory, "mem", n) for n in names]
-    with contextmanager_all(held):
+    with locked(held, "write"):
         sink.write(snap(T0 + STEP, [ctx(n) for n in names]))
     assert sink.error_count == len(names)
     assert 0 < sum(slept) <= rrdlock.POLL_BUDGET
     assert sum(slept) > rrdlock.POLL_BUDGET - max(rrdlock.WAITS)  # it did wait, up to the budget
-
-
-@contextmanager
-def contextmanager_all(paths):
-    """Every path write-locked by one other process."""
-    p = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, os, sys\n"
-         "fds = [os.open(p, os.O_RDWR) for p in sys.argv[1:]]\n"
-         "[fcntl.lockf(fd, fcntl.LOCK_EX) for fd in fds]\n"
-         "print('locked', flush=True)\nsys.stdin.read()\n", *paths],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert p.stdout.readline().strip() == "locked"
-        yield
-    finally:
-        p.kill()
-        p.wait()
 
 
 def test_readers_wait_out_a_writer_for_a_moment(tmp_path):
