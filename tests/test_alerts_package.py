@@ -31,6 +31,14 @@ def test_alerts_imports_no_ctxmon_and_no_one_outside_imports_it_backwards():
     assert "alerts.model" in config
 
 
+def test_no_sink_reads_sampler_internals():
+    """Sinks and views take the snapshot and the catalog (the departed-state time is
+    the catalog's), never the sampler that builds the snapshot."""
+    for package in ("alerts", "exporters", "graphs", "planner"):
+        for module, imported in _imports(package).items():
+            assert "collector.sampler" not in imported, f"{module} imports collector.sampler"
+
+
 def test_the_alert_metrics_come_from_the_catalog():
     from alerts.engine import GAUGES
     from alerts.model import ALERT_METRICS
